@@ -557,6 +557,15 @@ export class Log {
     }
   }
 
+  /**
+   * Test seam: forgets this open log as a crash would, without flushing, sealing or
+   * removing the lock file, so the same process can reopen the directory.
+   */
+  abandonForTest(): void {
+    this.closed = true
+    lockedHere.delete(path.resolve(this.config.dir))
+  }
+
   /** Current figures. */
   snapshotStats(): LogStats {
     let bytes = 0
