@@ -286,7 +286,8 @@ class Reader {
 /**
  * X-Context, base64url (no padding) of: format byte 1; varint n, then n vector entries (id,
  * varint counter) by id; varint m, then m dots (id, varint counter) by id and counter. An id is
- * a length byte and ASCII. Varints are minimal unsigned LEB128. A context is normalized first.
+ * a length byte and ASCII. Varints are minimal unsigned LEB128. A context is normalized first;
+ * one beyond the decoding bounds (MAX_CONTEXT_ENTRIES, MAX_CONTEXT_COUNTER) encodes but won't decode.
  */
 export const encodeContext = (context: Context | VersionVector): string => {
   const c = asContext(context)

@@ -1,0 +1,213 @@
+/**
+ * The client HTTP API of a node (Fastify), exactly as ../shared/CONTRACT.md states it:
+ * /kv/:key with causal contexts and siblings, /ping, /health, /metrics, /admin/cluster and,
+ * when enabled, /admin/faults. Bodies of any content type are kept as raw bytes. Every
+ * failure becomes `{"error": code, "message": ...}` with the code's status (src/Errors.ts);
+ * no input is answered with a 500.
+ */
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify"
+import { Cause, Effect, Exit } from "effect"
+import type { Coordinator } from "../coordinator/Coordinator.ts"
+import { ApiError, apiError } from "../Errors.ts"
+import type { Metrics } from "../metrics/Metrics.ts"
+import * as Dvv from "../versions/Dvv.ts"
+import { liveSiblings, type Sibling } from "../versions/Sibling.ts"
+import { parseContentType, parseContext, parseKey, parseQuorum, QUERY_SCHEMA, type KvQuery, type RequestDefaults } from "./Request.ts"
+
+/** What the API needs from the node. */
+export interface ApiDeps {
+  readonly nodeId: string
+  /** Runs a coordinator effect (the node's runtime). */
+  readonly run: <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) => Promise<Exit.Exit<A, ApiError>>
+  /** Current request defaults and limits (live settings). */
+  readonly settings: () => RequestDefaults & { readonly maxValueBytes: number }
+  readonly metrics: Metrics
+  /** Extra fields for GET /health. */
+  readonly health: () => Record<string, unknown>
+  /** Fault injection, when the node was started with --enable-fault-injection. */
+  readonly faults?: { readonly set: (drop: ReadonlyArray<string>) => void; readonly get: () => ReadonlyArray<string> }
+  /** The node's logger (pino), shared with the Effect runtime. */
+  readonly logger: Logger
+}
+
+type Logger = FastifyBaseLogger
+
+/** Hard ceiling on any request body, whatever the live value limit says. */
+const BODY_CEILING = 1 << 30
+/** Longest accepted path parameter: a 1024-byte key, every byte percent-encoded. */
+const MAX_PARAM = 1024 * 3 + 16
+
+const reqContext = (req: FastifyRequest) => req.headers["x-context"]
+
+const sendError = (reply: FastifyReply, e: ApiError) => reply.code(e.status).type("application/json").send(e.toBody())
+
+/** Builds the Fastify app (not listening). */
+export const buildServer = (deps: ApiDeps): FastifyInstance => {
+  const app = Fastify({
+    loggerInstance: deps.logger,
+    routerOptions: { maxParamLength: MAX_PARAM },
+    bodyLimit: BODY_CEILING,
+    forceCloseConnections: "idle",
+    return503OnClosing: true,
+    // Per-request lines would cost more than the request; /metrics counts requests instead.
+    logController: new LogController({ disableRequestLogging: true }),
+    frameworkErrors: (err, _req, reply) =>
+      sendError(reply, apiError("bad_request", `malformed request: ${err.message}; keys are UTF-8, URL-encoded in the path`)),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } }
+  })
+
+  // Values are bytes whatever their type; the size limit is live, so it is checked here.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser("*", (req, payload, done) => {
+    const limit = deps.settings().maxValueBytes
+    const declared = Number(req.headers["content-length"] ?? 0)
+    const tooLarge = (n: number) => apiError("value_too_large", `the value is ${n} bytes or more; the limit is ${limit}`)
+    if (declared > limit) {
+      payload.resume()
+      return done(tooLarge(declared), undefined)
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    let failed = false
+    payload.on("data", (c: Buffer) => {
+      if (failed) return
+      size += c.length
+      if (size > limit) {
+        failed = true
+        done(tooLarge(size), undefined)
+        return
+      }
+      chunks.push(c)
+    })
+    payload.on("end", () => {
+      if (!failed) done(null, Buffer.concat(chunks, size))
+    })
+    payload.on("error", (err) => {
+      if (!failed) {
+        failed = true
+        done(apiError("bad_request", `the request body could not be read: ${err.message}`), undefined)
+      }
+    })
+  })
+
+  app.setErrorHandler((err: unknown, req, reply) => {
+    if (err instanceof ApiError) return sendError(reply, err)
+    const e = err as { validation?: unknown; statusCode?: number; message?: string; code?: string }
+    if (e.validation !== undefined) {
+      return sendError(reply, apiError("bad_request", `invalid request: ${e.message ?? "bad parameter"}; query parameters are r, w (1..N, quorum, all), sloppy (true|false), timeout (ms)`))
+    }
+    if (e.statusCode === 413) return sendError(reply, apiError("value_too_large", e.message ?? "the request body is too large"))
+    if (e.statusCode === 415) return sendError(reply, apiError("unsupported_media_type", e.message ?? "unsupported media type"))
+    if (e.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500) return sendError(reply, apiError("bad_request", e.message ?? "bad request"))
+    if (e.statusCode === 503) return sendError(reply, apiError("unavailable", "the node is shutting down"))
+    req.log.error({ err }, "unexpected error")
+    return reply.code(500).send({ error: "internal_error", message: "an unexpected error occurred; it is a bug, please report it" })
+  })
+
+  app.setNotFoundHandler((req, reply) =>
+    sendError(reply, apiError("not_found", `no route ${req.method} ${req.url.split("?")[0]}`))
+  )
+
+  app.addHook("onResponse", (req, reply, done) => {
+    const op = (req.routeOptions.config as { op?: string } | undefined)?.op ?? "other"
+    deps.metrics.request(op, reply.statusCode, reply.elapsedTime / 1000)
+    done()
+  })
+
+  /** Runs a coordinator call; an ApiError becomes the reply, a defect a 500. */
+  const call = async <A>(reply: FastifyReply, f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>): Promise<A | undefined> => {
+    const exit = await deps.run(f)
+    if (Exit.isSuccess(exit)) return exit.value
+    const failure = exit.cause.reasons.find(Cause.isFailReason)
+    if (failure !== undefined) {
+      sendError(reply, failure.error)
+      return undefined
+    }
+    throw Cause.squash(exit.cause)
+  }
+
+  const kv = { schema: { querystring: QUERY_SCHEMA } }
+
+  app.get<{ Params: { key: string }; Querystring: KvQuery }>("/kv/:key", { ...kv, config: { op: "get" } }, async (req, reply) => {
+    const key = parseKey(req.params.key)
+    if (key instanceof ApiError) return sendError(reply, key)
+    const q = parseQuorum("r", req.query, deps.settings())
+    if (q instanceof ApiError) return sendError(reply, q)
+    const res = await call(reply, (c) => c.get(key, q))
+    if (res === undefined) return reply
+    const o = res.object
+    if (o === undefined) return sendError(reply, apiError("not_found", `no value for key ${JSON.stringify(key)}`))
+    const context = Dvv.encodeContext(Dvv.join(o))
+    const live = liveSiblings(o)
+    reply.header("x-context", context)
+    if (live.length === 0) return sendError(reply, apiError("not_found", `key ${JSON.stringify(key)} was deleted`))
+    if (live.length === 1) {
+      const s = live[0]!
+      return reply.code(200).header("content-type", s.contentType).header("last-modified", new Date(s.lastModified).toUTCString()).send(Buffer.from(s.value.buffer, s.value.byteOffset, s.value.length))
+    }
+    return reply.code(300).type("application/json").send({
+      context,
+      siblings: live.map((s) => ({
+        value: Buffer.from(s.value.buffer, s.value.byteOffset, s.value.length).toString("base64"),
+        contentType: s.contentType,
+        lastModified: new Date(s.lastModified).toISOString()
+      }))
+    })
+  })
+
+  const write = async (req: FastifyRequest<{ Params: { key: string }; Querystring: KvQuery }>, reply: FastifyReply, deleted: boolean) => {
+    const key = parseKey(req.params.key)
+    if (key instanceof ApiError) return sendError(reply, key)
+    const q = parseQuorum("w", req.query, deps.settings())
+    if (q instanceof ApiError) return sendError(reply, q)
+    const context = parseContext(reqContext(req))
+    if (context instanceof ApiError) return sendError(reply, context)
+    const contentType = deleted ? "" : parseContentType(req.headers["content-type"])
+    if (contentType instanceof ApiError) return sendError(reply, contentType)
+    const body = deleted ? Buffer.alloc(0) : ((req.body as Buffer | undefined) ?? Buffer.alloc(0))
+    const sibling: Sibling = { value: body, contentType, lastModified: Date.now(), deleted }
+    const res = await call(reply, (c) => c.put(key, context, sibling, q))
+    if (res === undefined) return reply
+    const n = Dvv.size(res.object)
+    deps.metrics.object(n, res.bytes)
+    if (n >= 25) deps.metrics.siblingWarning()
+    return reply.code(204).header("x-context", Dvv.encodeContext(res.context)).send()
+  }
+
+  app.put<{ Params: { key: string }; Querystring: KvQuery }>("/kv/:key", { ...kv, config: { op: "put" } }, (req, reply) => write(req, reply, false))
+  app.delete<{ Params: { key: string }; Querystring: KvQuery }>("/kv/:key", { ...kv, config: { op: "delete" } }, (req, reply) => write(req, reply, true))
+
+  app.get("/ping", { config: { op: "ping" } }, async (_req, reply) => reply.type("text/plain").send("OK"))
+
+  app.get("/health", { config: { op: "health" } }, async () => ({ status: "ok", node: deps.nodeId, ...deps.health() }))
+
+  app.get("/metrics", { config: { op: "metrics" } }, async (_req, reply) =>
+    reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics())
+  )
+
+  app.get("/admin/cluster", { config: { op: "cluster" } }, async (_req, reply) => {
+    const view = await call(reply, (c) => c.cluster)
+    return view === undefined ? reply : view
+  })
+
+  const faults = deps.faults
+  if (faults !== undefined) {
+    app.get("/admin/faults", { config: { op: "faults" } }, async () => ({ drop: faults.get() }))
+    app.post("/admin/faults", { config: { op: "faults" } }, async (req, reply) => {
+      let body: unknown
+      try {
+        body = JSON.parse((req.body as Buffer | undefined)?.toString("utf8") ?? "")
+      } catch {
+        return sendError(reply, apiError("bad_request", 'send JSON {"drop": ["<node id>", ...]}'))
+      }
+      const drop = (body as { drop?: unknown } | null)?.drop
+      if (!Array.isArray(drop) || !drop.every((d) => typeof d === "string" && Dvv.NODE_ID.test(d))) {
+        return sendError(reply, apiError("bad_request", 'send JSON {"drop": ["<node id>", ...]} with valid node ids'))
+      }
+      faults.set(drop)
+      return { drop: faults.get() }
+    })
+  }
+
+  return app
+}

@@ -1,0 +1,65 @@
+/**
+ * What a node exposes on GET /metrics, in Prometheus text format (prom-client): request
+ * counts and latency per operation and status, siblings and object sizes per write, and the
+ * storage engine's figures read at scrape time. One registry per node, so several nodes can
+ * live in one process (tests).
+ */
+import client from "prom-client"
+import type { LogStats } from "../../engine/Log.ts"
+
+/** The node's metrics. */
+export interface Metrics {
+  readonly registry: client.Registry
+  /** Records one HTTP request. */
+  request(op: string, status: number, seconds: number): void
+  /** Records the object a write left behind. */
+  object(siblings: number, bytes: number): void
+  siblingWarning(): void
+}
+
+/** Creates a node's metrics; `engineStats` is read at each scrape. */
+export const makeMetrics = (engineStats: () => LogStats): Metrics => {
+  const registry = new client.Registry()
+  client.collectDefaultMetrics({ register: registry })
+  const requests = new client.Counter({ name: "tally_http_requests_total", help: "HTTP requests by operation and status", labelNames: ["op", "status"], registers: [registry] })
+  const latency = new client.Histogram({
+    name: "tally_http_request_duration_seconds",
+    help: "HTTP request latency by operation and status",
+    labelNames: ["op", "status"],
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [registry]
+  })
+  const siblings = new client.Histogram({ name: "tally_object_siblings", help: "Siblings of an object after a write", buckets: [1, 2, 3, 5, 10, 25, 50, 100], registers: [registry] })
+  const sizes = new client.Histogram({ name: "tally_object_bytes", help: "Encoded size of an object after a write", buckets: [256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216], registers: [registry] })
+  const warnings = new client.Counter({ name: "tally_sibling_warnings_total", help: "Writes that left a key at or above the sibling warning threshold", registers: [registry] })
+  const gauge = (name: string, help: string, read: (s: LogStats) => number) =>
+    new client.Gauge({ name, help, registers: [registry], collect() { this.set(read(engineStats())) } })
+  const counter = (name: string, help: string, read: (s: LogStats) => number) =>
+    new client.Counter({ name, help, registers: [registry], collect() { this.reset(); this.inc(read(engineStats())) } })
+  gauge("tally_engine_keys", "Keys in the index (tombstones included)", (s) => s.keys)
+  gauge("tally_engine_segments", "Segment files", (s) => s.segments)
+  gauge("tally_engine_bytes", "Bytes in segment files", (s) => s.bytes)
+  gauge("tally_engine_dead_bytes", "Bytes of superseded records, reclaimable by compaction", (s) => s.deadBytes)
+  gauge("tally_engine_last_lsn", "Highest committed log sequence number", (s) => s.lastLsn)
+  gauge("tally_engine_startup_seconds", "Time the last start-up took to rebuild the index", (s) => s.startupMs / 1000)
+  counter("tally_engine_compactions_total", "Compactions completed", (s) => s.compactions)
+  counter("tally_engine_reclaimed_bytes_total", "Bytes reclaimed by compaction", (s) => s.reclaimedBytes)
+  counter("tally_engine_fsyncs_total", "fdatasync calls on the active segment", (s) => s.fsyncs)
+  counter("tally_engine_fsync_seconds_total", "Time spent in fdatasync", (s) => s.fsyncSeconds)
+  counter("tally_engine_batches_total", "Group-commit batches written", (s) => s.batches)
+  counter("tally_engine_records_total", "Records written", (s) => s.records)
+  counter("tally_engine_corruptions_total", "Damaged records or ranges found", (s) => s.corruptions)
+  return {
+    registry,
+    request: (op, status, seconds) => {
+      const labels = { op, status: String(status) }
+      requests.inc(labels)
+      latency.observe(labels, seconds)
+    },
+    object: (n, bytes) => {
+      siblings.observe(n)
+      sizes.observe(bytes)
+    },
+    siblingWarning: () => warnings.inc()
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * One Tally node: the storage engine, the local replica, the coordinator and the HTTP API,
+ * assembled from their layers and started. `close` is the graceful stop the CLI runs on
+ * SIGTERM/SIGINT: stop accepting, finish in-flight requests, flush and fsync, release the
+ * data directory.
+ */
+import { Effect, type Exit, Layer, Logger, ManagedRuntime } from "effect"
+import type { FastifyInstance } from "fastify"
+import pino from "pino"
+import { Engine } from "../../engine/Engine.ts"
+import { buildServer } from "../api/Server.ts"
+import type { ApiError } from "../Errors.ts"
+import type { NodeSettings } from "../config/Settings.ts"
+import { Coordinator } from "../coordinator/Coordinator.ts"
+import { makeMetrics } from "../metrics/Metrics.ts"
+import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
+
+/** Settings that apply without a restart. */
+export interface LiveSettingsShape {
+  readonly r: number
+  readonly w: number
+  readonly logLevel: NodeSettings["logLevel"]
+  readonly maxValueBytes: number
+  readonly compaction: Partial<Pick<NodeSettings["compaction"], "deadRatio" | "deadBytes" | "smallBytes" | "tombstoneGraceMs">>
+}
+
+/** A started node. */
+export interface RunningNode {
+  readonly id: string
+  readonly url: string
+  /** Applies settings that can change live. */
+  applyLive(patch: Partial<LiveSettingsShape>): void
+  /** Stops gracefully; resolves when the data is flushed and the directory released. */
+  close(): Promise<void>
+}
+
+/** Options for embedding a node (tests): where logs go, and an in-memory engine. */
+export interface StartOptions {
+  readonly logStream?: NodeJS.WritableStream
+  readonly memory?: boolean
+}
+
+/** A node assembled but not listening: its Fastify app and how to stop it. */
+export interface AssembledNode {
+  readonly app: FastifyInstance
+  applyLive(patch: Partial<LiveSettingsShape>): void
+  /** Closes the app, then the runtime (engine flush and release). */
+  close(): Promise<void>
+}
+
+/** Default request timeout, in ms, when a request does not give one. */
+export const DEFAULT_TIMEOUT_MS = 10_000
+
+const effectLevel: Record<string, "fatal" | "error" | "warn" | "info" | "debug" | "trace"> = {
+  Fatal: "fatal", Error: "error", Warning: "warn", Warn: "warn", Info: "info", Debug: "debug", Trace: "trace"
+}
+
+/** Builds a node's runtime and HTTP app without listening (tests use `app.inject`). */
+export const assembleNode = async (settings: NodeSettings, options: StartOptions = {}): Promise<AssembledNode> => {
+  const logger = pino({ level: settings.logLevel, base: { node: settings.id } }, options.logStream ?? process.stderr)
+  const live = { r: settings.r, w: settings.w, maxValueBytes: settings.maxValueBytes }
+  const address = `${settings.host}:${settings.port}`
+  const toPino = Logger.make((o) => {
+    const msg = Array.isArray(o.message) ? o.message.map(String).join(" ") : String(o.message)
+    logger[effectLevel[o.logLevel] ?? "info"](msg)
+  })
+  const layer = Coordinator.layerSingle({ address, n: settings.n, partitions: settings.partitions }).pipe(
+    Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id })),
+    Layer.provideMerge((options.memory ? Engine.layerMemory : Engine.layer)({
+      dir: settings.data,
+      fsync: settings.fsync,
+      maxValueBytes: defaultReplicaConfig.maxObjectBytes,
+      compactDeadRatio: settings.compaction.deadRatio,
+      compactDeadBytes: settings.compaction.deadBytes,
+      compactSmallBytes: settings.compaction.smallBytes,
+      tombstoneGraceMs: settings.compaction.tombstoneGraceMs,
+      compactionIntervalMs: settings.compaction.intervalMs
+    })),
+    Layer.provide(Logger.layer([toPino]))
+  )
+  const runtime = ManagedRuntime.make(layer)
+  const engine = await runtime.runPromise(Effect.gen(function*() {
+    return yield* Engine
+  }))
+  // Layer failures surfaced above, when the engine opened: only request errors remain.
+  const run = <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) =>
+    runtime.runPromiseExit(Effect.gen(function*() {
+      return yield* f(yield* Coordinator)
+    })) as Promise<Exit.Exit<A, ApiError>>
+  const started = Date.now()
+  const metrics = makeMetrics(() => engine.log.snapshotStats())
+  let drop: ReadonlyArray<string> = []
+  const app = buildServer({
+    nodeId: settings.id,
+    logger,
+    metrics,
+    run,
+    settings: () => ({ n: settings.n, r: live.r, w: live.w, timeoutMs: DEFAULT_TIMEOUT_MS, maxValueBytes: live.maxValueBytes }),
+    health: () => {
+      const s = engine.log.snapshotStats()
+      return { uptimeSeconds: Math.round((Date.now() - started) / 1000), keys: s.keys, lastLsn: s.lastLsn, segments: s.segments }
+    },
+    ...(settings.enableFaultInjection ? { faults: { set: (d: ReadonlyArray<string>) => void (drop = [...d]), get: () => drop } } : {})
+  })
+  let closing: Promise<void> | undefined
+  return {
+    app,
+    applyLive: (patch) => {
+      if (patch.r !== undefined) live.r = patch.r
+      if (patch.w !== undefined) live.w = patch.w
+      if (patch.maxValueBytes !== undefined) live.maxValueBytes = patch.maxValueBytes
+      if (patch.logLevel !== undefined) logger.level = patch.logLevel
+      const c = patch.compaction
+      if (c !== undefined) {
+        engine.log.reconfigure({
+          ...(c.deadRatio !== undefined ? { compactDeadRatio: c.deadRatio } : {}),
+          ...(c.deadBytes !== undefined ? { compactDeadBytes: c.deadBytes } : {}),
+          ...(c.smallBytes !== undefined ? { compactSmallBytes: c.smallBytes } : {}),
+          ...(c.tombstoneGraceMs !== undefined ? { tombstoneGraceMs: c.tombstoneGraceMs } : {})
+        })
+      }
+      logger.info({ patch }, "live settings applied")
+    },
+    close: () => {
+      closing ??= (async () => {
+        await app.close()
+        await runtime.dispose()
+      })()
+      return closing
+    }
+  }
+}
+
+/** Starts a node and resolves once it serves requests. */
+export const startNode = async (settings: NodeSettings, options: StartOptions = {}): Promise<RunningNode> => {
+  const node = await assembleNode(settings, options)
+  try {
+    await node.app.listen({ host: settings.host, port: settings.port })
+  } catch (e) {
+    await node.close()
+    throw e
+  }
+  return { id: settings.id, url: `http://${settings.host}:${settings.port}`, applyLive: node.applyLive, close: node.close }
+}

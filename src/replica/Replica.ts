@@ -1,0 +1,119 @@
+/**
+ * A node's own copy of the keys it replicates: each key's versions (a DvvSet of Siblings)
+ * stored as one engine record. Two ways in: `coordinate` makes a new version (this node is
+ * the write's coordinator and names its dot), `merge` folds in versions another replica
+ * sent (replication, read repair, handoff). Both hold the key's lock for the whole
+ * read-modify-write. Limits: siblings (warn at 25, refuse client writes at 100; merges are
+ * never refused, so no replicated write is dropped) and the encoded object's size.
+ */
+import { Context, Effect, Layer, Option } from "effect"
+import { Engine } from "../../engine/Engine.ts"
+import type { EngineError } from "../../engine/Errors.ts"
+import { RecordType } from "../../engine/Record.ts"
+import { apiError, fromEngineError, type ApiError } from "../Errors.ts"
+import * as Dvv from "../versions/Dvv.ts"
+import { allDeleted, decodeObject, encodeObject, type Sibling, type StoredObject } from "../versions/Sibling.ts"
+import { KeyLocks } from "./KeyLocks.ts"
+
+/** Replica limits. */
+export interface ReplicaConfig {
+  readonly nodeId: string
+  /** Log a warning when a key reaches this many siblings. */
+  readonly siblingWarn: number
+  /** Refuse client writes that would leave more siblings than this. */
+  readonly siblingMax: number
+  /** Largest encoded object (all siblings) a client write may produce. */
+  readonly maxObjectBytes: number
+  /** Version vector entries kept per key (Dvv.prune). */
+  readonly maxVectorEntries: number
+}
+
+/** Defaults (Riak's sibling thresholds). */
+export const defaultReplicaConfig: Omit<ReplicaConfig, "nodeId"> = {
+  siblingWarn: 25,
+  siblingMax: 100,
+  maxObjectBytes: 16 * 1024 * 1024,
+  maxVectorEntries: Dvv.DEFAULT_MAX_ENTRIES
+}
+
+/** A stored object and what it cost. */
+export interface Stored {
+  readonly object: StoredObject
+  readonly bytes: number
+}
+
+/** Result of a coordinated write. */
+export interface Coordinated extends Stored {
+  /** The context of the new version for its writer (the PUT's X-Context). */
+  readonly context: Dvv.Context
+}
+
+/** The local versioned store. */
+export class Replica extends Context.Service<Replica, {
+  readonly nodeId: string
+  readonly read: (key: string) => Effect.Effect<Option.Option<StoredObject>, ApiError>
+  readonly coordinate: (key: string, context: Dvv.Context, sibling: Sibling) => Effect.Effect<Coordinated, ApiError>
+  readonly merge: (key: string, incoming: StoredObject) => Effect.Effect<Stored, ApiError>
+}>()("tally/replica/Replica") {
+  /** The replica over the Engine in context. */
+  static readonly layer = (config: ReplicaConfig) => Layer.effect(Replica, make(config))
+}
+
+/** Builds the replica service over the Engine. */
+export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
+  const engine = yield* Engine
+  const locks = new KeyLocks()
+  const mapEngine = (e: EngineError) => fromEngineError(e)
+
+  const readNow = (key: string): Effect.Effect<StoredObject | undefined, ApiError> =>
+    engine.get(key).pipe(
+      Effect.mapError(mapEngine),
+      Effect.flatMap((found) => {
+        if (Option.isNone(found)) return Effect.succeed(undefined)
+        const e = found.value
+        const o = decodeObject(e.type === RecordType.Tombstone ? e.meta : e.value)
+        return o === undefined
+          ? Effect.fail(apiError("storage_error", `the stored object of key ${JSON.stringify(key)} is not readable`))
+          : Effect.succeed(o)
+      })
+    )
+
+  const store = (key: string, o: StoredObject, bytes: Uint8Array) =>
+    (allDeleted(o) ? engine.remove(key, bytes) : engine.put(key, bytes)).pipe(Effect.mapError(mapEngine))
+
+  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling) =>
+    locks.with(key, Effect.gen(function*() {
+      // A key with no record here (new, or its tombstone was reaped) starts its counter above
+      // this node's LSN: every dot this node made for the key before had a lower counter, so
+      // a reaped key can never reuse a dot another replica still remembers.
+      const local = (yield* readNow(key)) ?? { entries: [], floor: engine.log.nextLsn }
+      const updated = Dvv.prune(Dvv.update(local, context, config.nodeId, sibling), config.maxVectorEntries)
+      const n = Dvv.size(updated)
+      if (n > config.siblingMax) {
+        return yield* apiError("too_many_siblings", `key ${JSON.stringify(key)} would have ${n} siblings (limit ${config.siblingMax}); read it and write back one value with its X-Context to resolve them`)
+      }
+      if (n >= config.siblingWarn) yield* Effect.logWarning(`key ${JSON.stringify(key)} has ${n} siblings; clients should resolve them`)
+      const bytes = encodeObject(updated)
+      if (bytes.length > config.maxObjectBytes) {
+        return yield* apiError("value_too_large", `key ${JSON.stringify(key)} would be ${bytes.length} bytes with its ${n} siblings (limit ${config.maxObjectBytes}); resolve siblings or write a smaller value`)
+      }
+      yield* store(key, updated, bytes)
+      return { object: updated, bytes: bytes.length, context: Dvv.writeContext(updated, context, config.nodeId) }
+    }))
+
+  const merge = (key: string, incoming: StoredObject) =>
+    locks.with(key, Effect.gen(function*() {
+      const local = yield* readNow(key)
+      const merged = local === undefined ? incoming : Dvv.sync(local, incoming)
+      const bytes = encodeObject(merged)
+      if (local === undefined || Buffer.compare(bytes, encodeObject(local)) !== 0) yield* store(key, merged, bytes)
+      return { object: merged, bytes: bytes.length }
+    }))
+
+  return Replica.of({
+    nodeId: config.nodeId,
+    read: (key) => readNow(key).pipe(Effect.map(Option.fromNullishOr)),
+    coordinate,
+    merge
+  })
+})
