@@ -12,12 +12,12 @@ export const errorCodes = {
   not_found: { status: 404, meaning: "no value for the key (X-Context is sent if a delete is stored), or no such route" },
   too_many_siblings: { status: 409, meaning: "the key holds too many concurrent versions; read it and write back one value with its X-Context" },
   value_too_large: { status: 413, meaning: "the value, or the object with its siblings, is over the limit" },
-  unsupported_media_type: { status: 415, meaning: "a JSON body was expected (admin endpoints)" },
   quorum_not_met: { status: 503, meaning: "fewer replicas answered than r or w require; carries `needed` and `got`" },
   storage_error: { status: 503, meaning: "this node's storage failed (I/O error, damaged record, engine stopped); retry on another node" },
   unavailable: { status: 503, meaning: "the node is shutting down" },
   timeout: { status: 504, meaning: "the replicas did not answer within `timeout` ms" },
-  disk_full: { status: 507, meaning: "a replica's disk is full; nothing was written there" }
+  disk_full: { status: 507, meaning: "a replica's disk is full; nothing was written there" },
+  internal_error: { status: 500, meaning: "a bug: no input should cause it; please report it with the node's log" }
 } as const
 
 /** A stable error code. */

@@ -39,6 +39,8 @@ const MAX_PARAM = 1024 * 3 + 16
 
 const reqContext = (req: FastifyRequest) => req.headers["x-context"]
 
+type RequestWithType = FastifyRequest & { clientContentType: string | undefined }
+
 const sendError = (reply: FastifyReply, e: ApiError) => reply.code(e.status).type("application/json").send(e.toBody())
 
 /** Builds the Fastify app (not listening). */
@@ -56,7 +58,16 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } }
   })
 
-  // Values are bytes whatever their type; the size limit is live, so it is checked here.
+  // Values are bytes whatever their type, even one Fastify could not parse as a media type:
+  // the client's header is kept aside for storage and the body is read as plain bytes.
+  app.decorateRequest("clientContentType", undefined)
+  app.addHook("onRequest", (req, _reply, done) => {
+    const ct = req.headers["content-type"]
+    ;(req as RequestWithType).clientContentType = ct
+    if (ct !== undefined) req.headers["content-type"] = "application/octet-stream"
+    done()
+  })
+  // The size limit is live, so it is checked here rather than by Fastify's bodyLimit.
   app.removeAllContentTypeParsers()
   app.addContentTypeParser("*", (req, payload, done) => {
     const limit = deps.settings().maxValueBytes
@@ -97,11 +108,10 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
       return sendError(reply, apiError("bad_request", `invalid request: ${e.message ?? "bad parameter"}; query parameters are r, w (1..N, quorum, all), sloppy (true|false), timeout (ms)`))
     }
     if (e.statusCode === 413) return sendError(reply, apiError("value_too_large", e.message ?? "the request body is too large"))
-    if (e.statusCode === 415) return sendError(reply, apiError("unsupported_media_type", e.message ?? "unsupported media type"))
     if (e.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500) return sendError(reply, apiError("bad_request", e.message ?? "bad request"))
     if (e.statusCode === 503) return sendError(reply, apiError("unavailable", "the node is shutting down"))
     req.log.error({ err }, "unexpected error")
-    return reply.code(500).send({ error: "internal_error", message: "an unexpected error occurred; it is a bug, please report it" })
+    return sendError(reply, apiError("internal_error", "an unexpected error occurred; it is a bug, please report it with the node's log"))
   })
 
   app.setNotFoundHandler((req, reply) =>
@@ -162,7 +172,7 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     if (q instanceof ApiError) return sendError(reply, q)
     const context = parseContext(reqContext(req))
     if (context instanceof ApiError) return sendError(reply, context)
-    const contentType = deleted ? "" : parseContentType(req.headers["content-type"])
+    const contentType = deleted ? "" : parseContentType((req as RequestWithType).clientContentType)
     if (contentType instanceof ApiError) return sendError(reply, contentType)
     const body = deleted ? Buffer.alloc(0) : ((req.body as Buffer | undefined) ?? Buffer.alloc(0))
     const sibling: Sibling = { value: body, contentType, lastModified: Date.now(), deleted }
