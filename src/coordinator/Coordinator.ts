@@ -1,14 +1,25 @@
 /**
- * The request coordinator: turns a client's GET, PUT or DELETE into replica operations and
- * decides when enough replicas have answered (r, w), within the request's timeout. Any node
- * coordinates. This layer serves a cluster of one node: the preference list is this node,
- * so a quorum asks for min(r or w, 1) answers; the cluster layer replaces it with the ring.
+ * The request coordinator: any node turns a client's GET, PUT or DELETE into replica
+ * operations on the key's preference list (Ring.ts) and answers once r or w replicas have.
+ *
+ * Writes are coordinated by a primary replica of the key (a node outside the list forwards
+ * to one), which makes the new version against its own copy, so its dot is unique. The
+ * encoded object then goes to the other primaries; with sloppy quorum an unreachable
+ * primary's copy goes to the next healthy node on the ring walk, parked for it (Handoff.ts).
+ * Reads ask every primary (or its fallback), merge the first r answers, and repair stale
+ * replicas in the background once all have answered. Strict mode (sloppy=false) counts only
+ * primaries. A write that misses its quorum is not undone (as in Dynamo): it may surface later.
  */
-import { Context, Effect, Layer, Option } from "effect"
-import { apiError, type ApiError } from "../Errors.ts"
+import { Context, Deferred, Effect, Exit, Layer, Option } from "effect"
+import { apiError, ApiError } from "../Errors.ts"
+import { Handoff } from "../handoff/Handoff.ts"
+import { Membership } from "../membership/Membership.ts"
 import { Replica, type Coordinated } from "../replica/Replica.ts"
-import type * as Dvv from "../versions/Dvv.ts"
-import type { Sibling, StoredObject } from "../versions/Sibling.ts"
+import { partitionOf, preferenceList, ringWalk } from "../ring/Ring.ts"
+import { Transport } from "../transport/Transport.ts"
+import * as Dvv from "../versions/Dvv.ts"
+import { decodeObject, decodeSibling, encodeObject, encodeSibling, type Sibling, type StoredObject } from "../versions/Sibling.ts"
+import type { DataMessage, DataReply } from "./Messages.ts"
 
 /** Per-request quorum settings, already validated against N. */
 export interface Quorum {
@@ -22,7 +33,7 @@ export interface Quorum {
 /** What a read found. */
 export interface ReadResult {
   readonly object: StoredObject | undefined
-  /** Replicas that answered. */
+  /** Replicas that answered before the read returned. */
   readonly replies: number
 }
 
@@ -32,6 +43,8 @@ export interface MemberView {
   readonly address: string
   readonly status: "up" | "suspect" | "down" | "leaving"
   readonly partitions: number
+  /** Writes this node holds parked for that member. */
+  readonly parked?: number
 }
 
 /** The cluster as this node sees it. */
@@ -41,32 +54,234 @@ export interface ClusterView {
   readonly partitions: number
 }
 
-/** Coordinates client requests. */
+/** Coordinates client requests and serves other coordinators' replica operations. */
 export class Coordinator extends Context.Service<Coordinator, {
   readonly get: (key: string, q: Quorum) => Effect.Effect<ReadResult, ApiError>
   readonly put: (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum) => Effect.Effect<Coordinated, ApiError>
   readonly cluster: Effect.Effect<ClusterView>
+  /** Answers a data message from another node. */
+  readonly handle: (from: string, msg: DataMessage) => Effect.Effect<DataReply>
 }>()("tally/coordinator/Coordinator") {
-  /** A one-node cluster over the local Replica. */
-  static readonly layerSingle = (info: { readonly address: string; readonly n: number; readonly partitions: number }) =>
-    Layer.effect(Coordinator, Effect.gen(function*() {
-      const replica = yield* Replica
-      const within = <A>(q: Quorum, effect: Effect.Effect<A, ApiError>) =>
-        effect.pipe(
-          Effect.timeoutOrElse({
-            duration: q.timeoutMs,
-            orElse: () => Effect.fail(apiError("timeout", `the replicas did not answer within ${q.timeoutMs} ms`))
-          })
-        )
-      return Coordinator.of({
-        get: (key, q) =>
-          within(q, replica.read(key).pipe(Effect.map((o) => ({ object: Option.getOrUndefined(o), replies: 1 })))),
-        put: (key, context, sibling, q) => within(q, replica.coordinate(key, context, sibling)),
-        cluster: Effect.succeed({
-          nodes: [{ id: replica.nodeId, address: info.address, status: "up", partitions: info.partitions }],
-          n: info.n,
-          partitions: info.partitions
-        })
-      })
-    }))
+  static readonly layer = (config: { readonly n: number }) => Layer.effect(Coordinator, make(config))
 }
+
+interface Quorate<A> {
+  /** Successes when the wait ended (at least `needed` if `ok`). */
+  readonly results: ReadonlyArray<A>
+  readonly ok: boolean
+  readonly timedOut: boolean
+  /** Every outcome, once every task has settled. */
+  readonly all: Effect.Effect<ReadonlyArray<A>>
+}
+
+/**
+ * Runs `tasks` concurrently and returns once `needed` succeeded, once that became impossible,
+ * or after `timeoutMs`. The tasks left running go on in the background.
+ */
+const awaitQuorum = <A>(tasks: ReadonlyArray<Effect.Effect<A, unknown>>, needed: number, timeoutMs: number) =>
+  Effect.gen(function*() {
+    const results: A[] = []
+    let failures = 0
+    const decided = yield* Deferred.make<void>()
+    const settled = yield* Deferred.make<ReadonlyArray<A>>()
+    const check = () => {
+      if (results.length >= needed || results.length + (tasks.length - results.length - failures) < needed) Deferred.doneUnsafe(decided, Exit.void)
+      if (results.length + failures === tasks.length) Deferred.doneUnsafe(settled, Exit.succeed(results))
+    }
+    check()
+    for (const task of tasks) {
+      yield* task.pipe(
+        Effect.exit,
+        Effect.map((exit) => {
+          if (Exit.isSuccess(exit)) results.push(exit.value)
+          else failures++
+          check()
+        }),
+        Effect.forkDetach
+      )
+    }
+    const timedOut = Option.isNone(yield* Deferred.await(decided).pipe(Effect.timeoutOption(timeoutMs)))
+    return { results: [...results], ok: results.length >= needed, timedOut, all: Deferred.await(settled) } satisfies Quorate<A>
+  })
+
+/** Builds the coordinator over the local replica, the membership, the transport and handoff. */
+export const make = Effect.fnUntraced(function*(config: { readonly n: number }) {
+  const replica = yield* Replica
+  const membership = yield* Membership
+  const transport = yield* Transport
+  const handoff = yield* Handoff
+  const self = membership.self.id
+
+  const placement = (key: string) => {
+    const ring = membership.ring()
+    const p = partitionOf(key, ring.partitions)
+    return { prefs: preferenceList(ring, p, config.n), walk: ringWalk(ring, p) }
+  }
+  const usable = (id: string) => id === self || membership.status(id) !== "down"
+
+  const call = (id: string, msg: DataMessage, timeoutMs: number): Effect.Effect<DataReply, unknown> => {
+    const peer = membership.peer(id)
+    if (peer === undefined) return Effect.fail(new Error(`unknown node ${id}`))
+    return transport.request(peer, msg, timeoutMs).pipe(
+      Effect.flatMap((r) => {
+        const reply = r as DataReply
+        return reply?.t === "apierr" ? Effect.fail(apiError(reply.code, reply.message, { needed: reply.needed, got: reply.got })) : Effect.succeed(reply)
+      })
+    )
+  }
+
+  const putTo = (id: string, key: string, object: StoredObject, bytes: Uint8Array, timeoutMs: number, hint?: string): Effect.Effect<void, unknown> => {
+    if (id === self) return hint === undefined ? Effect.asVoid(replica.merge(key, object)) : handoff.park(hint, key, object)
+    return Effect.asVoid(call(id, { t: "put", key, object: bytes, ...(hint === undefined ? {} : { hint }) }, timeoutMs))
+  }
+
+  const getFrom = (id: string, key: string, timeoutMs: number, hint?: string): Effect.Effect<StoredObject | undefined, unknown> => {
+    if (id === self) return hint === undefined ? replica.read(key).pipe(Effect.map(Option.getOrUndefined)) : handoff.read(hint, key)
+    return call(id, { t: "get", key, ...(hint === undefined ? {} : { hint }) }, timeoutMs).pipe(
+      Effect.flatMap((r) => {
+        if (r.t !== "obj") return Effect.fail(new Error(`unexpected reply ${r.t}`))
+        if (r.object === null) return Effect.succeed(undefined)
+        const o = decodeObject(r.object)
+        return o === undefined ? Effect.fail(new Error(`${id} sent an unreadable object`)) : Effect.succeed(o)
+      })
+    )
+  }
+
+  /** The fallbacks of a key, in ring-walk order: healthy nodes outside the preference list. */
+  const fallbacksOf = (prefs: ReadonlyArray<string>, walk: ReadonlyArray<string>) => walk.filter((id) => !prefs.includes(id) && usable(id))
+
+  const notMet = (needed: number, got: number, timedOut: boolean, timeoutMs: number) =>
+    timedOut
+      ? apiError("timeout", `${got} of ${needed} replicas answered within ${timeoutMs} ms`)
+      : apiError("quorum_not_met", `${needed} replicas needed, ${got} answered; retry later, or lower r/w`, { needed, got })
+
+  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, prefs: ReadonlyArray<string>, walk: ReadonlyArray<string>) =>
+    Effect.gen(function*() {
+      const res = yield* replica.coordinate(key, context, sibling)
+      const bytes = encodeObject(res.object)
+      const needed = Math.min(q.count, prefs.length)
+      const fallbacks = fallbacksOf(prefs, walk).filter((id) => id !== self)
+      const takeFallback = () => fallbacks.shift()
+      const hinted = (owner: string): Effect.Effect<void, unknown> => {
+        const f = takeFallback()
+        return f === undefined ? Effect.fail(new Error(`no fallback for ${owner}`)) : putTo(f, key, res.object, bytes, q.timeoutMs, owner)
+      }
+      const tasks: Array<Effect.Effect<void, unknown>> = []
+      let local = 1
+      if (!prefs.includes(self)) {
+        // Coordinating outside the list (every primary unreachable): park our copy for the first.
+        local = 0
+        tasks.push(handoff.park(prefs[0]!, key, res.object))
+      }
+      for (const p of prefs) {
+        if (p === self) continue
+        const direct = usable(p) ? putTo(p, key, res.object, bytes, q.timeoutMs) : Effect.fail(new Error(`${p} is down`))
+        tasks.push(q.sloppy ? direct.pipe(Effect.catch(() => hinted(p))) : direct)
+      }
+      const r = yield* awaitQuorum(tasks, Math.max(0, needed - local), q.timeoutMs)
+      if (!r.ok) return yield* notMet(needed, local + r.results.length, r.timedOut, q.timeoutMs)
+      return res
+    })
+
+  const put = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum): Effect.Effect<Coordinated, ApiError> =>
+    Effect.gen(function*() {
+      const { prefs, walk } = placement(key)
+      if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, prefs, walk)
+      const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: q.timeoutMs }
+      for (const p of prefs.filter(usable)) {
+        const reply = yield* call(p, msg, q.timeoutMs).pipe(Effect.exit)
+        if (Exit.isSuccess(reply)) {
+          const r = reply.value
+          const object = r.t === "coorded" ? decodeObject(r.object) : undefined
+          const ctx = r.t === "coorded" ? Dvv.decodeContext(r.context) : undefined
+          if (object === undefined || ctx === undefined) return yield* apiError("storage_error", `${p} answered a forwarded write with ${r.t}`)
+          return { object, context: ctx, bytes: r.t === "coorded" ? r.object.length : 0 }
+        }
+        const err = reply.cause.reasons.find((x) => x._tag === "Fail")
+        if (err !== undefined && err._tag === "Fail" && err.error instanceof ApiError) return yield* err.error
+      }
+      if (!q.sloppy) return yield* notMet(Math.min(q.count, prefs.length), 0, false, q.timeoutMs)
+      return yield* coordinate(key, context, sibling, q, prefs, walk)
+    })
+
+  const get = (key: string, q: Quorum): Effect.Effect<ReadResult, ApiError> =>
+    Effect.gen(function*() {
+      const { prefs, walk } = placement(key)
+      const needed = Math.min(q.count, prefs.length)
+      const fallbacks = fallbacksOf(prefs, walk)
+      type Reply = { readonly from: string; readonly primary: boolean; readonly object: StoredObject | undefined }
+      const tasks = prefs.map((p): Effect.Effect<Reply, unknown> => {
+        const direct = usable(p) ? getFrom(p, key, q.timeoutMs).pipe(Effect.map((object) => ({ from: p, primary: true, object }))) : Effect.fail(new Error(`${p} is down`))
+        if (!q.sloppy) return direct
+        return direct.pipe(Effect.catch(() => {
+          const f = fallbacks.shift()
+          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, p).pipe(Effect.map((object) => ({ from: f, primary: false, object })))
+        }))
+      })
+      const r = yield* awaitQuorum(tasks, needed, q.timeoutMs)
+      if (!r.ok) return yield* notMet(needed, r.results.length, r.timedOut, q.timeoutMs)
+      const merged = r.results.reduce<StoredObject | undefined>((acc, x) => (x.object === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
+      // Read repair, once every replica has answered: primaries holding less get the merge.
+      yield* r.all.pipe(
+        Effect.flatMap((all) => {
+          const full = all.reduce<StoredObject | undefined>((acc, x) => (x.object === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
+          if (full === undefined) return Effect.void
+          const bytes = encodeObject(full)
+          const stale = all.filter((x) => x.primary && (x.object === undefined || Buffer.compare(encodeObject(x.object), bytes) !== 0))
+          return Effect.forEach(stale, (x) => putTo(x.from, key, full, bytes, q.timeoutMs).pipe(Effect.ignore), { concurrency: "unbounded", discard: true })
+        }),
+        Effect.forkDetach
+      )
+      return { object: merged, replies: r.results.length }
+    })
+
+  const handle = (from: string, msg: DataMessage): Effect.Effect<DataReply> => {
+    const reply: Effect.Effect<DataReply, ApiError> = Effect.gen(function*() {
+      switch (msg.t) {
+        case "put": {
+          const o = decodeObject(msg.object)
+          if (o === undefined) return yield* apiError("bad_request", `unreadable object for ${JSON.stringify(msg.key)} from ${from}`)
+          if (msg.hint) yield* handoff.park(msg.hint, msg.key, o)
+          else yield* replica.merge(msg.key, o)
+          return { t: "ok" } as const
+        }
+        case "get": {
+          const o = msg.hint ? yield* handoff.read(msg.hint, msg.key) : Option.getOrUndefined(yield* replica.read(msg.key))
+          return { t: "obj", object: o === undefined ? null : encodeObject(o) } as const
+        }
+        case "coord": {
+          const context = Dvv.decodeContext(msg.context)
+          let sibling: Sibling
+          try {
+            sibling = decodeSibling(msg.sibling)
+          } catch {
+            return yield* apiError("bad_request", "unreadable forwarded write")
+          }
+          if (context === undefined) return yield* apiError("bad_request", "unreadable forwarded context")
+          const { prefs, walk } = placement(msg.key)
+          const res = yield* coordinate(msg.key, context, sibling, { count: msg.w, sloppy: msg.sloppy, timeoutMs: msg.timeoutMs }, prefs, walk)
+          return { t: "coorded", context: Dvv.encodeContext(res.context), object: encodeObject(res.object) } as const
+        }
+        case "handoff": {
+          for (const r of msg.records) {
+            const o = decodeObject(r.object)
+            if (o !== undefined) yield* replica.merge(r.key, o)
+          }
+          return { t: "ok" } as const
+        }
+      }
+    })
+    return reply.pipe(Effect.catch((e) => Effect.succeed({ t: "apierr", code: e.code, message: e.message, ...(e.needed === undefined ? {} : { needed: e.needed, got: e.got }) } as DataReply)))
+  }
+
+  return Coordinator.of({
+    get,
+    put,
+    handle,
+    cluster: Effect.sync(() => {
+      const view = membership.view()
+      const parked = handoff.pending()
+      return { ...view, nodes: view.nodes.map((m) => ({ ...m, parked: parked.get(m.id) ?? 0 })) }
+    })
+  })
+})

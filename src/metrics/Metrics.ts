@@ -17,8 +17,14 @@ export interface Metrics {
   siblingWarning(): void
 }
 
-/** Creates a node's metrics; `engineStats` is read at each scrape. */
-export const makeMetrics = (engineStats: () => LogStats): Metrics => {
+/** What the cluster looks like from here, read at each scrape. */
+export interface ClusterFigures {
+  readonly parked: ReadonlyMap<string, number>
+  readonly members: ReadonlyArray<string>
+}
+
+/** Creates a node's metrics; `engineStats` and `cluster` are read at each scrape. */
+export const makeMetrics = (engineStats: () => LogStats, cluster?: () => ClusterFigures): Metrics => {
   const registry = new client.Registry()
   client.collectDefaultMetrics({ register: registry })
   const requests = new client.Counter({ name: "tally_http_requests_total", help: "HTTP requests by operation and status", labelNames: ["op", "status"], registers: [registry] })
@@ -49,6 +55,30 @@ export const makeMetrics = (engineStats: () => LogStats): Metrics => {
   counter("tally_engine_batches_total", "Group-commit batches written", (s) => s.batches)
   counter("tally_engine_records_total", "Records written", (s) => s.records)
   counter("tally_engine_corruptions_total", "Damaged records or ranges found", (s) => s.corruptions)
+  if (cluster !== undefined) {
+    new client.Gauge({
+      name: "tally_handoff_parked",
+      help: "Writes parked on this node for an unreachable owner, per target",
+      labelNames: ["target"],
+      registers: [registry],
+      collect() {
+        this.reset()
+        for (const [target, n] of cluster().parked) this.set({ target }, n)
+      }
+    })
+    new client.Gauge({
+      name: "tally_cluster_members",
+      help: "Members by status as this node sees them",
+      labelNames: ["status"],
+      registers: [registry],
+      collect() {
+        this.reset()
+        const counts = new Map<string, number>()
+        for (const s of cluster().members) counts.set(s, (counts.get(s) ?? 0) + 1)
+        for (const status of ["up", "suspect", "down", "leaving"]) this.set({ status }, counts.get(status) ?? 0)
+      }
+    })
+  }
   return {
     registry,
     request: (op, status, seconds) => {

@@ -11,7 +11,12 @@ import { Engine } from "../../engine/Engine.ts"
 import { buildServer } from "../api/Server.ts"
 import type { ApiError } from "../Errors.ts"
 import type { NodeSettings } from "../config/Settings.ts"
+import { makeMemoryFiles, nodeFilesApi } from "../../engine/Files.ts"
 import { Coordinator } from "../coordinator/Coordinator.ts"
+import { isDataMessage } from "../coordinator/Messages.ts"
+import { Handoff, shipLoop } from "../handoff/Handoff.ts"
+import { isMembershipMessage, Membership } from "../membership/Membership.ts"
+import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
 import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
 
@@ -34,10 +39,11 @@ export interface RunningNode {
   close(): Promise<void>
 }
 
-/** Options for embedding a node (tests): where logs go, and an in-memory engine. */
+/** Options for embedding a node (tests): where logs go, in-memory files, a simulated network. */
 export interface StartOptions {
   readonly logStream?: NodeJS.WritableStream
   readonly memory?: boolean
+  readonly network?: MemoryNetwork
 }
 
 /** A node assembled but not listening: its Fastify app and how to stop it. */
@@ -59,37 +65,79 @@ const effectLevel: Record<string, "fatal" | "error" | "warn" | "info" | "debug" 
 export const assembleNode = async (settings: NodeSettings, options: StartOptions = {}): Promise<AssembledNode> => {
   const logger = pino({ level: settings.logLevel, base: { node: settings.id } }, options.logStream ?? process.stderr)
   const live = { r: settings.r, w: settings.w, maxValueBytes: settings.maxValueBytes }
-  const address = `${settings.host}:${settings.port}`
   const toPino = Logger.make((o) => {
     const msg = Array.isArray(o.message) ? o.message.map(String).join(" ") : String(o.message)
     logger[effectLevel[o.logLevel] ?? "info"](msg)
   })
-  const layer = Coordinator.layerSingle({ address, n: settings.n, partitions: settings.partitions }).pipe(
+  const cluster = { n: settings.n, partitions: settings.partitions }
+  const files = options.memory ? makeMemoryFiles() : nodeFilesApi
+  const engine = (options.memory ? Engine.layerMemory : Engine.layer)({
+    dir: settings.data,
+    fsync: settings.fsync,
+    maxValueBytes: defaultReplicaConfig.maxObjectBytes,
+    compactDeadRatio: settings.compaction.deadRatio,
+    compactDeadBytes: settings.compaction.deadBytes,
+    compactSmallBytes: settings.compaction.smallBytes,
+    tombstoneGraceMs: settings.compaction.tombstoneGraceMs,
+    compactionIntervalMs: settings.compaction.intervalMs
+  })
+  const transport = options.network !== undefined
+    ? Transport.layerMemory(options.network, { nodeId: settings.id, cluster })
+    : Transport.layer({ nodeId: settings.id, host: settings.host, port: settings.clusterPort, cluster })
+  const membership = Membership.layer({
+    self: { id: settings.id, host: settings.host, port: settings.port, clusterPort: settings.clusterPort },
+    n: settings.n,
+    partitions: settings.partitions,
+    dataDir: settings.data,
+    seeds: settings.seeds,
+    files
+  })
+  const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync })
+  const services = Coordinator.layer({ n: settings.n }).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id })),
-    Layer.provideMerge((options.memory ? Engine.layerMemory : Engine.layer)({
-      dir: settings.data,
-      fsync: settings.fsync,
-      maxValueBytes: defaultReplicaConfig.maxObjectBytes,
-      compactDeadRatio: settings.compaction.deadRatio,
-      compactDeadBytes: settings.compaction.deadBytes,
-      compactSmallBytes: settings.compaction.smallBytes,
-      tombstoneGraceMs: settings.compaction.tombstoneGraceMs,
-      compactionIntervalMs: settings.compaction.intervalMs
-    })),
-    Layer.provide(Logger.layer([toPino]))
+    Layer.provideMerge(Layer.mergeAll(engine, handoff)),
+    Layer.provideMerge(membership),
+    Layer.provideMerge(transport)
   )
-  const runtime = ManagedRuntime.make(layer)
-  const engine = await runtime.runPromise(Effect.gen(function*() {
-    return yield* Engine
+  // Internode traffic: membership messages, the data path, and handoff shipping.
+  const internode = Layer.effectDiscard(Effect.gen(function*() {
+    const t = yield* Transport
+    const m = yield* Membership
+    const c = yield* Coordinator
+    yield* t.serve((from, payload) => {
+      if (isMembershipMessage(payload)) return m.handle(from, payload)
+      if (isDataMessage(payload)) return c.handle(from, payload)
+      return Effect.fail(new Error("unknown message"))
+    })
+    yield* shipLoop(
+      (owner) => m.status(owner) === "up",
+      (owner, batch) => {
+        const peer = m.peer(owner)
+        if (peer === undefined) return Effect.fail(new Error(`unknown node ${owner}`))
+        return t.request(peer, batch, 30_000).pipe(
+          Effect.flatMap((r) => ((r as { t?: string } | null)?.t === "ok" ? Effect.void : Effect.fail(new Error(`${owner} refused handoff: ${JSON.stringify(r)}`))))
+        )
+      }
+    )
   }))
-  // Layer failures surfaced above, when the engine opened: only request errors remain.
+  const layer = internode.pipe(Layer.provideMerge(services), Layer.provide(Logger.layer([toPino])))
+  const runtime = ManagedRuntime.make(layer)
+  const { engineService, membershipService, transportService, handoffService } = await runtime.runPromise(Effect.gen(function*() {
+    return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff }
+  })).catch(async (e) => {
+    await runtime.dispose()
+    throw e
+  })
+  // Layer failures surfaced above, when the services started: only request errors remain.
   const run = <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) =>
     runtime.runPromiseExit(Effect.gen(function*() {
       return yield* f(yield* Coordinator)
     })) as Promise<Exit.Exit<A, ApiError>>
   const started = Date.now()
-  const metrics = makeMetrics(() => engine.log.snapshotStats())
-  let drop: ReadonlyArray<string> = []
+  const metrics = makeMetrics(() => engineService.log.snapshotStats(), () => ({
+    parked: handoffService.pending(),
+    members: membershipService.view().nodes.map((n) => n.status)
+  }))
   const app = buildServer({
     nodeId: settings.id,
     logger,
@@ -97,11 +145,18 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     run,
     settings: () => ({ n: settings.n, r: live.r, w: live.w, timeoutMs: DEFAULT_TIMEOUT_MS, maxValueBytes: live.maxValueBytes }),
     health: () => {
-      const s = engine.log.snapshotStats()
-      return { uptimeSeconds: Math.round((Date.now() - started) / 1000), keys: s.keys, lastLsn: s.lastLsn, segments: s.segments }
+      const s = engineService.log.snapshotStats()
+      return {
+        uptimeSeconds: Math.round((Date.now() - started) / 1000),
+        keys: s.keys,
+        lastLsn: s.lastLsn,
+        segments: s.segments,
+        cluster: { host: settings.host, port: transportService.self.port }
+      }
     },
-    ...(settings.enableFaultInjection ? { faults: { set: (d: ReadonlyArray<string>) => void (drop = [...d]), get: () => drop } } : {})
+    ...(settings.enableFaultInjection ? { faults: { set: (d: ReadonlyArray<string>) => transportService.setDropped(d), get: () => transportService.getDropped() } } : {})
   })
+  const engine_ = engineService
   let closing: Promise<void> | undefined
   return {
     app,
@@ -112,7 +167,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       if (patch.logLevel !== undefined) logger.level = patch.logLevel
       const c = patch.compaction
       if (c !== undefined) {
-        engine.log.reconfigure({
+        engine_.log.reconfigure({
           ...(c.deadRatio !== undefined ? { compactDeadRatio: c.deadRatio } : {}),
           ...(c.deadBytes !== undefined ? { compactDeadBytes: c.deadBytes } : {}),
           ...(c.smallBytes !== undefined ? { compactSmallBytes: c.smallBytes } : {}),

@@ -96,7 +96,7 @@ t.test("a second node on the same data directory is refused with a clear message
   second.stderr!.on("data", (d: Buffer) => (err += d))
   const { code } = await exited(second)
   t.not(code, 0, "refused")
-  t.match(err, /in use by process/, err.trim().split("\n").at(-1))
+  t.match(err, /in use by process/, err.trim().split("\n").at(-1) ?? "")
   node.child.kill("SIGTERM")
   await exited(node.child)
 })
