@@ -52,6 +52,8 @@ export interface ClusterView {
   readonly nodes: ReadonlyArray<MemberView>
   readonly n: number
   readonly partitions: number
+  /** Owner of each partition, by partition number (an addition to the contract's fields). */
+  readonly owners?: ReadonlyArray<string>
 }
 
 /** Coordinates client requests and serves other coordinators' replica operations. */
@@ -162,9 +164,15 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       const needed = Math.min(q.count, prefs.length)
       const fallbacks = fallbacksOf(prefs, walk).filter((id) => id !== self)
       const takeFallback = () => fallbacks.shift()
+      // A primary that cannot take its copy gets it later through handoff. A distinct healthy
+      // fallback parks it and counts toward w (sloppy quorum); when there is none (a cluster of
+      // N nodes or fewer), or in strict mode, this node parks it and it does not count: one
+      // node holding two copies is one replica.
+      const parkHere = (owner: string) =>
+        handoff.park(owner, key, res.object).pipe(Effect.ignore, Effect.andThen(Effect.fail(new Error(`${owner} unreachable; parked here`))))
       const hinted = (owner: string): Effect.Effect<void, unknown> => {
-        const f = takeFallback()
-        return f === undefined ? Effect.fail(new Error(`no fallback for ${owner}`)) : putTo(f, key, res.object, bytes, q.timeoutMs, owner)
+        const f = q.sloppy ? takeFallback() : undefined
+        return f === undefined ? parkHere(owner) : putTo(f, key, res.object, bytes, q.timeoutMs, owner).pipe(Effect.catch(() => parkHere(owner)))
       }
       const tasks: Array<Effect.Effect<void, unknown>> = []
       let local = 1
@@ -176,7 +184,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       for (const p of prefs) {
         if (p === self) continue
         const direct = usable(p) ? putTo(p, key, res.object, bytes, q.timeoutMs) : Effect.fail(new Error(`${p} is down`))
-        tasks.push(q.sloppy ? direct.pipe(Effect.catch(() => hinted(p))) : direct)
+        tasks.push(direct.pipe(Effect.catch(() => hinted(p))))
       }
       const r = yield* awaitQuorum(tasks, Math.max(0, needed - local), q.timeoutMs)
       if (!r.ok) return yield* notMet(needed, local + r.results.length, r.timedOut, q.timeoutMs)
@@ -281,7 +289,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     cluster: Effect.sync(() => {
       const view = membership.view()
       const parked = handoff.pending()
-      return { ...view, nodes: view.nodes.map((m) => ({ ...m, parked: parked.get(m.id) ?? 0 })) }
+      return { ...view, nodes: view.nodes.map((m) => ({ ...m, parked: parked.get(m.id) ?? 0 })), owners: membership.ring().owners }
     })
   })
 })

@@ -175,7 +175,7 @@ t.test("ping, health, metrics, admin/cluster, faults off by default", async (t) 
   }
   t.match(m.body, /tally_http_requests_total\{op="put",status="204"\} 1/)
   const c = await node.app.inject({ method: "GET", url: "/admin/cluster" })
-  t.same(c.json(), { nodes: [{ id: "test-node", address: "127.0.0.1:0", status: "up", partitions: 64, parked: 0 }], n: 3, partitions: 64 })
+  t.same(c.json(), { nodes: [{ id: "test-node", address: "127.0.0.1:0", status: "up", partitions: 64, parked: 0 }], n: 3, partitions: 64, owners: Array(64).fill("test-node") })
   const f = await node.app.inject({ method: "POST", url: "/admin/faults", payload: { drop: [] } })
   t.equal(f.statusCode, 404)
   t.equal(f.json().error, "not_found")
