@@ -1,0 +1,281 @@
+/**
+ * A simulated network for running a whole cluster in one process, and the transport layer
+ * over it. Messages are encoded as real frames (so payloads are copied and limited exactly as
+ * on TCP) and delivered after the link's latency, unless lost or cut by a partition.
+ *
+ * Time is Effect's Clock: under TestClock nothing moves until the test adjusts the clock, so
+ * latency, timeouts and partitions are deterministic; loss draws from a seeded generator.
+ * Equal latencies keep a link's order; jitter may reorder messages (requests are independent).
+ * A node that is not on the network fails requests fast with `unreachable`, like a refused
+ * TCP connection; a partitioned, lossy or dropped link is silence and requests time out.
+ */
+import { Effect, FiberSet, Semaphore } from "effect"
+import { DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, MalformedFrame, bodyBytes, decodeBody, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame } from "./Frame.ts"
+import { handleIncoming, type Incoming } from "./Reply.ts"
+import type { Handler, Peer, TransportApi, TransportStats } from "./Transport.ts"
+import { transportError, type TransportError } from "./TransportError.ts"
+
+/** How one direction of a link behaves. */
+export interface LinkConditions {
+  /** One-way delay of every message (default 0). */
+  readonly latencyMs?: number
+  /** Extra delay, uniform in [0, jitterMs) (default 0). */
+  readonly jitterMs?: number
+  /** Probability that a message is lost, 0..1 (default 0). */
+  readonly loss?: number
+}
+
+/** Settings of a node on a MemoryNetwork. */
+export interface MemoryTransportConfig {
+  readonly nodeId: string
+  readonly cluster: ClusterSettings
+  readonly maxFrameBytes?: number
+  /** Requests to one peer not yet answered, at most (default 1024); more wait. */
+  readonly maxInFlight?: number
+}
+
+/** A node as the network sees it; used by the memory transport only. */
+interface Endpoint {
+  readonly id: string
+  readonly cluster: ClusterSettings
+  readonly deliver: (from: string, frame: Frame) => void
+  readonly peerLeft: (id: string) => void
+}
+
+const linkKey = (from: string, to: string) => `${from}\u0000${to}`
+
+/** The wires between in-process nodes: latency, loss and partitions, per directed link. */
+export class MemoryNetwork {
+  private readonly defaults: LinkConditions
+  private readonly links = new Map<string, LinkConditions>()
+  private readonly cuts = new Set<string>()
+  private readonly endpoints = new Map<string, Endpoint>()
+  private seed: number
+
+  constructor(options: { readonly defaults?: LinkConditions; readonly seed?: number } = {}) {
+    this.defaults = options.defaults ?? {}
+    this.seed = (options.seed ?? 1) >>> 0
+  }
+
+  /** Sets the conditions of the links a→b and b→a (replacing the defaults for them). */
+  setLink(a: string, b: string, conditions: LinkConditions): void {
+    this.links.set(linkKey(a, b), conditions)
+    this.links.set(linkKey(b, a), conditions)
+  }
+
+  /** Cuts every link between the nodes of `a` and those of `b`, both ways, until `heal`. */
+  partition(a: string | ReadonlyArray<string>, b: string | ReadonlyArray<string>): void {
+    const as = typeof a === "string" ? [a] : a
+    const bs = typeof b === "string" ? [b] : b
+    for (const x of as) {
+      for (const y of bs) {
+        this.cuts.add(linkKey(x, y))
+        this.cuts.add(linkKey(y, x))
+      }
+    }
+  }
+
+  /** Removes every partition (link conditions stay). */
+  heal(): void {
+    this.cuts.clear()
+  }
+
+  /** True when messages from `from` to `to` are cut. */
+  isPartitioned(from: string, to: string): boolean {
+    return this.cuts.has(linkKey(from, to))
+  }
+
+  /** Ids of the nodes on the network. */
+  members(): ReadonlyArray<string> {
+    return [...this.endpoints.keys()]
+  }
+
+  /** @internal Joins a node; its id must be free. */
+  attach(endpoint: Endpoint): void {
+    if (this.endpoints.has(endpoint.id)) throw new Error(`node ${endpoint.id} is already on this MemoryNetwork`)
+    this.endpoints.set(endpoint.id, endpoint)
+  }
+
+  /** @internal Removes a node and tells the others, whose requests to it fail at once. */
+  detach(endpoint: Endpoint): void {
+    if (this.endpoints.get(endpoint.id) !== endpoint) return
+    this.endpoints.delete(endpoint.id)
+    for (const other of this.endpoints.values()) other.peerLeft(endpoint.id)
+  }
+
+  /** @internal */
+  endpoint(id: string): Endpoint | undefined {
+    return this.endpoints.get(id)
+  }
+
+  /** @internal The delay of a message from `from` to `to`, or undefined when it is cut or lost. */
+  route(from: string, to: string): number | undefined {
+    if (this.isPartitioned(from, to)) return undefined
+    const c = this.links.get(linkKey(from, to)) ?? this.defaults
+    if ((c.loss ?? 0) > 0 && this.random() < c.loss!) return undefined
+    const jitter = c.jitterMs ?? 0
+    return (c.latencyMs ?? 0) + (jitter > 0 ? this.random() * jitter : 0)
+  }
+
+  /** mulberry32: small, seeded, good enough to pick lost messages. */
+  private random(): number {
+    let x = (this.seed = (this.seed + 0x6d2b79f5) >>> 0)
+    x = Math.imul(x ^ (x >>> 15), x | 1)
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+type Resume = (effect: Effect.Effect<unknown, TransportError>) => void
+
+/** Joins `network` as `config.nodeId` for the current scope. */
+export const makeMemory = Effect.fnUntraced(function*(network: MemoryNetwork, config: MemoryTransportConfig) {
+  const nodeId = config.nodeId
+  const cluster: ClusterSettings = { n: config.cluster.n, partitions: config.cluster.partitions }
+  const maxFrameBytes = config.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
+  const maxInFlight = config.maxInFlight ?? 1024
+  const run = yield* FiberSet.makeRuntime<never>()
+  const warn = (message: string) => void run(Effect.logWarning(message).pipe(Effect.annotateLogs({ module: "transport", node: nodeId })))
+  let closed = false
+  let handler: Handler | undefined
+  let dropped: ReadonlySet<string> = new Set()
+  let nextId = 1
+  const pending = new Map<number, { readonly to: string; readonly resume: Resume }>()
+  const permits = new Map<string, Semaphore.Semaphore>()
+  const incoming: Incoming = { nodeId, maxFrameBytes, run, warn, gone: () => closed }
+
+  /** Puts a frame on the wire to `to`; it arrives after the link's delay, if at all. */
+  const transmit = (to: string, bytes: Uint8Array) => {
+    const target = network.endpoint(to)
+    const delay = target === undefined ? undefined : network.route(nodeId, to)
+    if (target === undefined || delay === undefined) return
+    const frame = decodeBody(bytes.subarray(HEADER_BYTES), maxFrameBytes)
+    if (frame instanceof MalformedFrame) return warn(`dropping a malformed frame to ${to}: ${frame.message}`)
+    const arrive = Effect.sync(() => {
+      // A message in flight is lost when its link is cut or its receiver left meanwhile.
+      if (network.endpoint(to) === target && !network.isPartitioned(nodeId, to)) target.deliver(nodeId, frame)
+    })
+    run(delay > 0 ? Effect.andThen(Effect.sleep(delay), arrive) : arrive)
+  }
+
+  const reply = (from: string) => (bytes: Uint8Array) => {
+    if (!closed && !dropped.has(from)) transmit(from, bytes)
+  }
+
+  const endpoint: Endpoint = {
+    id: nodeId,
+    cluster,
+    deliver: (from, frame) => {
+      if (closed || dropped.has(from)) return
+      switch (frame.k) {
+        case "req":
+        case "one":
+          return handleIncoming(incoming, handler, from, frame.k === "req", frame.id, frame.p, reply(from))
+        case "res":
+        case "err": {
+          const p = pending.get(frame.id)
+          if (p === undefined || p.to !== from) return
+          pending.delete(frame.id)
+          return p.resume(frame.k === "res" ? Effect.succeed(frame.p) : Effect.fail(transportError("remote", from, frame.message, frame.code)))
+        }
+        case "hello":
+          return
+      }
+    },
+    peerLeft: (id) => {
+      for (const [reqId, p] of pending) {
+        if (p.to !== id) continue
+        pending.delete(reqId)
+        p.resume(Effect.fail(transportError("unreachable", id, `node ${id} left the network with the request in flight`)))
+      }
+    }
+  }
+
+  yield* Effect.acquireRelease(
+    Effect.sync(() => network.attach(endpoint)),
+    () =>
+      Effect.sync(() => {
+        closed = true
+        network.detach(endpoint)
+        for (const [id, p] of pending) {
+          pending.delete(id)
+          p.resume(Effect.fail(transportError("closed", p.to, `the transport of node ${nodeId} was shut down`)))
+        }
+      })
+  )
+
+  /** Encodes a message to `to`, or says why it cannot go (closed, too large, not there, refused). */
+  const prepare = (to: Peer, frame: Frame): Effect.Effect<Uint8Array, TransportError> =>
+    Effect.suspend(() => {
+      if (closed) return Effect.fail(transportError("closed", to.id, `the transport of node ${nodeId} is shut down`))
+      const bytes = encodeFrame(frame)
+      if (bodyBytes(bytes) > maxFrameBytes) {
+        return Effect.fail(transportError("too_large", to.id, `a message of ${bodyBytes(bytes)} bytes to node ${to.id} is over the frame limit of ${maxFrameBytes}`))
+      }
+      if (dropped.has(to.id)) return Effect.succeed(bytes)
+      const target = network.endpoint(to.id)
+      if (target === undefined) return Effect.fail(transportError("unreachable", to.id, `cannot connect to node ${to.id}: it is not on the network`))
+      const problem = helloProblem({ nodeId, cluster }, hello(target.id, target.cluster), to.id)
+      if (problem !== undefined) return Effect.fail(transportError("refused", to.id, `node ${to.id} refused: ${problem}`))
+      return Effect.succeed(bytes)
+    })
+
+  const permitsFor = (id: string) => {
+    let s = permits.get(id)
+    if (s === undefined) {
+      s = Semaphore.makeUnsafe(maxInFlight)
+      permits.set(id, s)
+    }
+    return s
+  }
+
+  const request = (to: Peer, payload: unknown, timeoutMs: number): Effect.Effect<unknown, TransportError> =>
+    Effect.suspend(() => {
+      const id = nextId++
+      const exchange = prepare(to, { k: "req", id, p: payload }).pipe(
+        Effect.flatMap((bytes) =>
+          dropped.has(to.id)
+            ? Effect.never
+            : Effect.callback<unknown, TransportError>((resume) => {
+              pending.set(id, { to: to.id, resume })
+              transmit(to.id, bytes)
+              return Effect.sync(() => void pending.delete(id))
+            }).pipe(permitsFor(to.id).withPermit)
+        )
+      )
+      return Effect.timeoutOrElse(exchange, {
+        duration: timeoutMs,
+        orElse: () => Effect.fail(transportError("timeout", to.id, `node ${to.id} did not answer within ${timeoutMs} ms`))
+      })
+    })
+
+  const api: TransportApi = {
+    self: { id: nodeId, host: "memory", port: 0 },
+    cluster,
+    request,
+    send: (to, payload) =>
+      prepare(to, { k: "one", id: nextId++, p: payload }).pipe(
+        Effect.map((bytes) => {
+          if (!dropped.has(to.id)) transmit(to.id, bytes)
+        })
+      ),
+    serve: (h) =>
+      Effect.acquireRelease(
+        Effect.sync(() => {
+          const previous = handler
+          handler = h
+          return previous
+        }),
+        (previous) =>
+          Effect.sync(() => {
+            if (handler === h) handler = previous
+          })
+      ).pipe(Effect.asVoid),
+    setDropped: (ids) => {
+      dropped = new Set(ids)
+    },
+    getDropped: () => [...dropped],
+    stats: (): TransportStats => ({ inbound: 0, outbound: 0, pending: pending.size })
+  }
+  return api
+})

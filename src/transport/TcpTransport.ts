@@ -1,0 +1,586 @@
+/**
+ * The TCP transport: a listener for peers' connections, and one outgoing connection per peer
+ * (opened on first use, reused, reopened after failure with exponential backoff). Requests go
+ * out on our connection and come back on it; a peer's requests arrive on its connection to us.
+ *
+ * Invariants: every request settles exactly once (answer, `timeout`, `unreachable` when its
+ * connection drops, `closed` at shutdown); a peer never has more than `maxInFlight` messages
+ * written but unanswered (more wait, inside their timeout); writes stop at socket.write's
+ * false and resume on 'drain'; damaged bytes close their connection only. Timers are plain
+ * Node timers: this layer is for real time, MemoryNetwork is for simulated time.
+ */
+import * as net from "node:net"
+import { Effect, FiberSet } from "effect"
+import { handleIncoming, type Incoming } from "./Reply.ts"
+import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, bodyBytes, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame, type Hello, type MalformedFrame } from "./Frame.ts"
+import type { Handler, Peer, TransportApi, TransportStats } from "./Transport.ts"
+import { transportError, type TransportError } from "./TransportError.ts"
+
+/** Settings of the TCP layer. */
+export interface TcpTransportConfig {
+  readonly nodeId: string
+  /** Address to listen on and to advertise. */
+  readonly host: string
+  /** Cluster port; 0 picks a free one (see `self.port`). */
+  readonly port: number
+  readonly cluster: ClusterSettings
+  readonly maxFrameBytes?: number
+  /** Messages written to one peer and not yet answered, at most (default 1024). */
+  readonly maxInFlight?: number
+  /**
+   * Limit on a TCP connect (default 5000 ms). The hello exchange after it has none: a peer
+   * that drops us stays silent, so requests wait there and time out, as in a partition.
+   */
+  readonly connectTimeoutMs?: number
+  /** First and longest wait before reconnecting after a failed connection (default 50, 2000 ms). */
+  readonly reconnectMinMs?: number
+  readonly reconnectMaxMs?: number
+  /**
+   * How long a one-way message may wait for a slot (then `send` fails with `timeout`) or, once
+   * accepted, for the connection to be ready (then it is dropped). Default 5000 ms.
+   */
+  readonly sendTimeoutMs?: number
+}
+
+type Resume = (effect: Effect.Effect<unknown, TransportError>) => void
+
+/** A request or one-way message on its way out. */
+interface Outgoing {
+  readonly id: number
+  /** The frame; emptied once a request is written, so a large payload is not kept for the answer. */
+  bytes: Uint8Array
+  readonly oneWay: boolean
+  /** Completes the caller's effect; cleared once used. */
+  resume: Resume | undefined
+  timer: ReturnType<typeof setTimeout> | undefined
+  /** The connection that gave it a slot. */
+  out: { release(o: Outgoing): void } | undefined
+  holdsSlot: boolean
+  done: boolean
+}
+
+/** A socket with a frame decoder on its input and a queue that respects 'drain' on its output. */
+class Wire {
+  readonly socket: net.Socket
+  private readonly decoder: FrameDecoder
+  private queue: Array<{ readonly bytes: Uint8Array; readonly written: (() => void) | undefined }> = []
+  private queueHead = 0
+  queuedBytes = 0
+  private blocked = false
+  private corked = false
+  closed = false
+  lastError: Error | undefined
+  private readonly uncork = () => {
+    this.corked = false
+    if (!this.closed) this.socket.uncork()
+  }
+
+  constructor(
+    socket: net.Socket,
+    maxFrameBytes: number,
+    onFrame: (frame: Frame) => void,
+    onMalformed: (error: MalformedFrame) => void,
+    onClose: () => void,
+    onDrained: () => void
+  ) {
+    this.socket = socket
+    this.decoder = new FrameDecoder(maxFrameBytes)
+    socket.setNoDelay(true)
+    socket.on("data", (chunk: Buffer) => {
+      const { frames, error } = this.decoder.push(chunk)
+      for (const f of frames) {
+        if (socket.destroyed) return
+        onFrame(f)
+      }
+      if (error !== undefined && !socket.destroyed) {
+        onMalformed(error)
+        this.destroy()
+      }
+    })
+    socket.on("drain", () => {
+      this.blocked = false
+      this.flush()
+      if (!this.blocked) onDrained()
+    })
+    socket.on("error", (e) => {
+      this.lastError = e
+    })
+    socket.on("close", () => {
+      this.closed = true
+      // Whatever was still queued is lost with the connection; its senders must not wait on it.
+      const lost = this.queue.slice(this.queueHead)
+      this.queue = []
+      this.queueHead = 0
+      this.queuedBytes = 0
+      for (const item of lost) item?.written?.()
+      onClose()
+    })
+  }
+
+  /** Writes `bytes`, or queues them while the socket is over its high-water mark. `written` runs once they reach the socket. */
+  write(bytes: Uint8Array, written?: () => void): void {
+    if (this.closed || this.socket.destroyed) return void written?.()
+    if (this.blocked) {
+      this.queue.push({ bytes, written })
+      this.queuedBytes += bytes.length
+      return
+    }
+    // Frames written in one turn of the event loop leave in one writev.
+    if (!this.corked) {
+      this.corked = true
+      this.socket.cork()
+      process.nextTick(this.uncork)
+    }
+    if (!this.socket.write(bytes)) this.blocked = true
+    written?.()
+  }
+
+  private flush(): void {
+    while (!this.blocked && this.queueHead < this.queue.length) {
+      const item = this.queue[this.queueHead]!
+      this.queue[this.queueHead++] = undefined!
+      this.queuedBytes -= item.bytes.length
+      if (!this.socket.write(item.bytes)) this.blocked = true
+      item.written?.()
+    }
+    if (this.queueHead === this.queue.length) {
+      this.queue = []
+      this.queueHead = 0
+    }
+  }
+
+  get isBlocked(): boolean {
+    return this.blocked
+  }
+
+  destroy(): void {
+    this.socket.destroy()
+  }
+}
+
+const MAX_TIMER_MS = 2 ** 31 - 1
+const SENT = new Uint8Array(0)
+/** How long an accepted connection may stay silent before its hello. */
+const HELLO_TIMEOUT_MS = 10_000
+
+const remoteAddress = (s: net.Socket) => `${s.remoteAddress}:${s.remotePort}`
+
+/** Opens the transport in the current scope. */
+export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
+  const nodeId = config.nodeId
+  const cluster: ClusterSettings = { n: config.cluster.n, partitions: config.cluster.partitions }
+  const maxFrameBytes = config.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
+  const maxInFlight = config.maxInFlight ?? 1024
+  const connectTimeoutMs = config.connectTimeoutMs ?? 5000
+  const reconnectMinMs = config.reconnectMinMs ?? 50
+  const reconnectMaxMs = config.reconnectMaxMs ?? 2000
+  const sendTimeoutMs = config.sendTimeoutMs ?? 5000
+  const ourHello = encodeFrame(hello(nodeId, cluster))
+
+  const run = yield* FiberSet.makeRuntime<never>()
+  const warn = (message: string) => void run(Effect.logWarning(message).pipe(Effect.annotateLogs({ module: "transport", node: nodeId })))
+  const incoming: Incoming = { nodeId, maxFrameBytes, run, warn, gone: () => closed }
+
+  let closed = false
+  let handler: Handler | undefined
+  let dropped: ReadonlySet<string> = new Set()
+  let nextId = 1
+  const outbounds = new Map<string, Outbound>()
+  const inbounds = new Set<Inbound>()
+  /** Every unsettled request and slot-waiting one-way, so shutdown can fail them. */
+  const live = new Set<Outgoing>()
+
+  const settle = (o: Outgoing, result: Effect.Effect<unknown, TransportError> | undefined) => {
+    if (o.done) return
+    o.done = true
+    live.delete(o)
+    if (o.timer !== undefined) clearTimeout(o.timer)
+    const resume = o.resume
+    o.resume = undefined
+    if (o.out !== undefined) o.out.release(o)
+    if (resume !== undefined && result !== undefined) resume(result)
+  }
+
+  /** Our connection to one peer, and the messages bound for it. */
+  class Outbound {
+    peer: Peer
+    private wire: Wire | undefined
+    private state: "idle" | "connecting" | "handshaking" | "ready" | "failed" = "idle"
+    /** Messages with a slot, waiting for the handshake. */
+    private waiting: Outgoing[] = []
+    /** Requests written and not yet answered, by id. */
+    private readonly pending = new Map<number, Outgoing>()
+    private readonly slotWaiters: Outgoing[] = []
+    private slotWaitersHead = 0
+    private inFlight = 0
+    private pumping = false
+    private failures = 0
+    private retryAt = 0
+    private lastFailure: TransportError | undefined
+
+    constructor(peer: Peer) {
+      this.peer = peer
+    }
+
+    get connected(): boolean {
+      return this.wire !== undefined
+    }
+
+    submit(o: Outgoing): void {
+      o.out = this
+      if (this.inFlight < maxInFlight) this.grant(o)
+      else this.slotWaiters.push(o)
+    }
+
+    /** Frees the slot of a settled message (or forgets a waiting one) and lets the next waiter go. */
+    release(o: Outgoing): void {
+      if (!o.oneWay) this.pending.delete(o.id)
+      if (!o.holdsSlot) return
+      o.holdsSlot = false
+      this.inFlight--
+      this.pump()
+    }
+
+    /** Grants free slots to waiters in order; a grant that fails at once re-enters here and is absorbed by the loop. */
+    private pump(): void {
+      if (this.pumping) return
+      this.pumping = true
+      while (this.inFlight < maxInFlight && this.slotWaitersHead < this.slotWaiters.length) {
+        const next = this.slotWaiters[this.slotWaitersHead]!
+        this.slotWaiters[this.slotWaitersHead++] = undefined!
+        if (!next.done) this.grant(next)
+      }
+      if (this.slotWaitersHead > 0 && this.slotWaitersHead === this.slotWaiters.length) {
+        this.slotWaiters.length = 0
+        this.slotWaitersHead = 0
+      }
+      this.pumping = false
+    }
+
+    private grant(o: Outgoing): void {
+      o.holdsSlot = true
+      this.inFlight++
+      if (this.state === "failed") {
+        if (performance.now() < this.retryAt) return settle(o, Effect.fail(this.lastFailure!))
+        this.state = "idle"
+      }
+      if (o.oneWay) {
+        const resume = o.resume
+        o.resume = undefined
+        resume?.(Effect.void)
+      }
+      if (this.state === "ready") return this.transmit(o)
+      // Settled messages stay in `waiting` until the handshake; keep it bounded if that never comes.
+      if (this.waiting.length >= 2 * maxInFlight) this.waiting = this.waiting.filter((w) => !w.done)
+      this.waiting.push(o)
+      if (this.state === "idle") this.connect()
+    }
+
+    private transmit(o: Outgoing): void {
+      if (o.oneWay) {
+        this.wire!.write(o.bytes, () => settle(o, undefined))
+      } else {
+        this.pending.set(o.id, o)
+        this.wire!.write(o.bytes)
+        o.bytes = SENT
+      }
+    }
+
+    private connect(): void {
+      this.state = "connecting"
+      const socket = net.connect({ host: this.peer.host, port: this.peer.port })
+      const timer = setTimeout(() => socket.destroy(new Error(`connect timed out after ${connectTimeoutMs} ms`)), connectTimeoutMs)
+      let refusal: TransportError | undefined
+      const wire = new Wire(
+        socket,
+        maxFrameBytes,
+        (frame) => {
+          if (frame.k === "hello") return this.onHello(wire, frame)
+          if (this.state !== "ready") {
+            if (frame.k === "err" && frame.id === 0) {
+              refusal = transportError(frame.code === "refused" ? "refused" : "unreachable", this.peer.id, `node ${this.peer.id} refused the connection: ${frame.message}`)
+              return wire.destroy()
+            }
+            warn(`closing connection to ${this.peer.id}: ${frame.k} frame before its hello`)
+            return wire.destroy()
+          }
+          if (dropped.has(this.peer.id)) return
+          if (frame.k === "res" || frame.k === "err") {
+            const o = this.pending.get(frame.id)
+            if (o === undefined) return
+            if (frame.k === "res") return settle(o, Effect.succeed(frame.p))
+            return settle(o, Effect.fail(transportError("remote", this.peer.id, frame.message, frame.code)))
+          }
+          warn(`closing connection to ${this.peer.id}: unexpected ${frame.k} frame`)
+          wire.destroy()
+        },
+        (error) => warn(`closing connection to ${this.peer.id}: malformed frame (${error.reason}): ${error.message}`),
+        () => {
+          clearTimeout(timer)
+          if (this.wire === wire) this.wire = undefined
+          this.onClosed(wire, refusal ?? this.refusal)
+          this.refusal = undefined
+        },
+        () => {}
+      )
+      this.wire = wire
+      socket.setKeepAlive(true, 10_000)
+      socket.once("connect", () => {
+        clearTimeout(timer)
+        if (this.wire !== wire) return wire.destroy()
+        this.state = "handshaking"
+        wire.write(ourHello)
+      })
+    }
+
+    private refusal: TransportError | undefined
+
+    private onHello(wire: Wire, theirs: Hello): void {
+      if (this.state !== "handshaking") {
+        warn(`closing connection to ${this.peer.id}: second hello`)
+        return wire.destroy()
+      }
+      const problem = helloProblem({ nodeId, cluster }, theirs, this.peer.id)
+      if (problem !== undefined) {
+        this.refusal = transportError("refused", this.peer.id, `node ${this.peer.id} at ${this.peer.host}:${this.peer.port} refused: ${problem}`)
+        warn(this.refusal.message)
+        return wire.destroy()
+      }
+      this.state = "ready"
+      this.failures = 0
+      const ready = this.waiting
+      this.waiting = []
+      for (const o of ready) if (!o.done) this.transmit(o)
+    }
+
+    private onClosed(wire: Wire, refusal: TransportError | undefined): void {
+      const wasReady = this.state === "ready"
+      const cause = wire.lastError?.message ?? "connection closed"
+      const failure = refusal ??
+        transportError("unreachable", this.peer.id, wasReady
+          ? `connection to node ${this.peer.id} at ${this.peer.host}:${this.peer.port} dropped: ${cause}`
+          : `cannot connect to node ${this.peer.id} at ${this.peer.host}:${this.peer.port}: ${cause}`)
+      // A working connection that drops may be retried at once; a failed attempt backs off.
+      if (wasReady && refusal === undefined) {
+        this.failures = 0
+        this.retryAt = 0
+      } else {
+        this.retryAt = performance.now() + Math.min(reconnectMaxMs, reconnectMinMs * 2 ** this.failures)
+        this.failures = Math.min(this.failures + 1, 30)
+      }
+      this.state = "failed"
+      this.lastFailure = failure
+      const victims = [...this.waiting, ...this.pending.values()]
+      this.waiting = []
+      for (const o of victims) settle(o, Effect.fail(failure))
+    }
+
+    /** Fails everything, closes the connection. */
+    shutdown(failure: TransportError): void {
+      this.state = "failed"
+      this.retryAt = Infinity
+      this.lastFailure = failure
+      const victims = [...this.waiting, ...this.pending.values(), ...this.slotWaiters.slice(this.slotWaitersHead)]
+      for (const o of victims) if (o !== undefined) settle(o, Effect.fail(failure))
+      this.wire?.destroy()
+    }
+  }
+
+  /** A peer's connection to us. */
+  class Inbound {
+    readonly wire: Wire
+    from: string | undefined
+    /** We stayed silent after its hello because the peer was dropped; our hello is owed. */
+    silenced = false
+    private active = 0
+    private paused = false
+
+    constructor(socket: net.Socket) {
+      this.wire = new Wire(
+        socket,
+        maxFrameBytes,
+        (frame) => this.onFrame(frame),
+        (error) => warn(`closing connection from ${this.from ?? remoteAddress(socket)}: malformed frame (${error.reason}): ${error.message}`),
+        () => inbounds.delete(this),
+        () => this.adjustReading()
+      )
+      const timer = setTimeout(() => {
+        if (this.from !== undefined) return
+        warn(`closing connection from ${remoteAddress(socket)}: no hello within ${HELLO_TIMEOUT_MS} ms`)
+        this.wire.destroy()
+      }, HELLO_TIMEOUT_MS)
+      timer.unref()
+      socket.once("close", () => clearTimeout(timer))
+    }
+
+    private onFrame(frame: Frame): void {
+      if (this.from === undefined) {
+        if (frame.k !== "hello") {
+          warn(`closing connection from ${remoteAddress(this.wire.socket)}: ${frame.k} frame before its hello`)
+          return this.wire.destroy()
+        }
+        const problem = helloProblem({ nodeId, cluster }, frame)
+        if (problem !== undefined) {
+          warn(`refused node ${frame.from} from ${remoteAddress(this.wire.socket)}: ${problem}`)
+          this.wire.write(ourHello)
+          this.wire.write(encodeFrame({ k: "err", id: 0, code: "refused", message: problem }))
+          this.wire.socket.end()
+          setTimeout(() => this.wire.destroy(), 1000).unref()
+          this.from = frame.from
+          this.silenced = true
+          return
+        }
+        this.from = frame.from
+        if (dropped.has(frame.from)) this.silenced = true
+        else this.wire.write(ourHello)
+        return
+      }
+      if (dropped.has(this.from) || this.silenced) return
+      if (frame.k !== "req" && frame.k !== "one") {
+        warn(`closing connection from ${this.from}: unexpected ${frame.k} frame`)
+        return this.wire.destroy()
+      }
+      this.handle(this.from, frame.k === "req", frame.id, frame.p)
+    }
+
+    /** Sends our owed hello once the peer is no longer dropped. */
+    undrop(): void {
+      if (this.silenced && this.from !== undefined && !dropped.has(this.from) && !this.wire.socket.writableEnded) {
+        this.silenced = false
+        this.wire.write(ourHello)
+      }
+    }
+
+    private handle(from: string, answer: boolean, id: number, payload: unknown): void {
+      this.active++
+      this.adjustReading()
+      handleIncoming(incoming, handler, from, answer, id, payload, (bytes) => this.reply(from, bytes), () => {
+        this.active--
+        this.adjustReading()
+      })
+    }
+
+    private reply(from: string, bytes: Uint8Array): void {
+      if (!dropped.has(from)) this.wire.write(bytes)
+    }
+
+    /** Stops reading while too many handlers run or too many bytes wait to go out. */
+    private adjustReading(): void {
+      const busy = this.active >= maxInFlight || this.wire.isBlocked
+      if (busy && !this.paused) {
+        this.paused = true
+        this.wire.socket.pause()
+      } else if (!busy && this.paused) {
+        this.paused = false
+        this.wire.socket.resume()
+      }
+    }
+  }
+
+  const server = net.createServer((socket) => {
+    if (closed) return void socket.destroy()
+    inbounds.add(new Inbound(socket))
+  })
+
+  const port = yield* Effect.acquireRelease(
+    Effect.callback<number, TransportError>((resume) => {
+      const onError = (e: Error) => resume(Effect.fail(transportError("listen", "", `node ${nodeId} cannot listen on ${config.host}:${config.port}: ${e.message}`)))
+      server.once("error", onError)
+      server.listen(config.port, config.host, () => {
+        server.off("error", onError)
+        server.on("error", (e) => warn(`listener error: ${e.message}`))
+        resume(Effect.succeed((server.address() as net.AddressInfo).port))
+      })
+    }),
+    () =>
+      Effect.callback<void>((resume) => {
+        closed = true
+        const failure = transportError("closed", "", `the transport of node ${nodeId} was shut down`)
+        for (const out of outbounds.values()) out.shutdown(transportError("closed", out.peer.id, failure.message))
+        for (const o of [...live]) settle(o, Effect.fail(failure))
+        for (const i of inbounds) i.wire.destroy()
+        server.close(() => resume(Effect.void))
+      })
+  )
+  const self: Peer = { id: nodeId, host: config.host, port }
+
+  const outboundFor = (to: Peer): Outbound => {
+    let out = outbounds.get(to.id)
+    if (out !== undefined && (out.peer.host !== to.host || out.peer.port !== to.port)) {
+      out.shutdown(transportError("unreachable", to.id, `node ${to.id} moved to ${to.host}:${to.port}`))
+      out = undefined
+    }
+    if (out === undefined) {
+      out = new Outbound(to)
+      outbounds.set(to.id, out)
+    }
+    return out
+  }
+
+  const encodeOutgoing = (to: Peer, frame: Frame): Uint8Array | TransportError => {
+    const bytes = encodeFrame(frame)
+    if (bodyBytes(bytes) > maxFrameBytes) {
+      return transportError("too_large", to.id, `a message of ${bodyBytes(bytes)} bytes to node ${to.id} is over the frame limit of ${maxFrameBytes}`)
+    }
+    return bytes
+  }
+
+  const enqueue = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number) =>
+    Effect.callback<unknown, TransportError>((resume) => {
+      if (closed) return resume(Effect.fail(transportError("closed", to.id, `the transport of node ${nodeId} is shut down`)))
+      const id = nextId++
+      let bytes: Uint8Array | TransportError
+      try {
+        bytes = encodeOutgoing(to, { k: oneWay ? "one" : "req", id, p: payload })
+      } catch (e) {
+        return resume(Effect.die(e))
+      }
+      if (!(bytes instanceof Uint8Array)) return resume(Effect.fail(bytes))
+      if (oneWay && dropped.has(to.id)) return resume(Effect.void)
+      const o: Outgoing = { id, bytes, oneWay, resume, timer: undefined, out: undefined, holdsSlot: false, done: false }
+      live.add(o)
+      const limit = oneWay ? sendTimeoutMs : timeoutMs
+      const onTimeout = () =>
+        settle(o, Effect.fail(transportError("timeout", to.id, oneWay ? `no room for a message to node ${to.id} within ${limit} ms` : `node ${to.id} did not answer within ${limit} ms`)))
+      // setTimeout treats anything over 2^31-1 ms as 1 ms; Infinity means no limit.
+      if (limit !== Infinity) o.timer = setTimeout(onTimeout, Math.min(Math.max(0, limit), MAX_TIMER_MS))
+      // A dropped peer gets nothing; the request just runs out its time.
+      if (oneWay || !dropped.has(to.id)) outboundFor(to).submit(o)
+      return Effect.sync(() => {
+        o.resume = undefined
+        settle(o, undefined)
+      })
+    })
+
+  const api: TransportApi = {
+    self,
+    cluster,
+    request: (to, payload, timeoutMs) => enqueue(to, false, payload, timeoutMs),
+    send: (to, payload) => Effect.asVoid(enqueue(to, true, payload, 0)),
+    serve: (h) =>
+      Effect.acquireRelease(
+        Effect.sync(() => {
+          const previous = handler
+          handler = h
+          return previous
+        }),
+        (previous) =>
+          Effect.sync(() => {
+            if (handler === h) handler = previous
+          })
+      ).pipe(Effect.asVoid),
+    setDropped: (ids) => {
+      dropped = new Set(ids)
+      for (const i of inbounds) i.undrop()
+    },
+    getDropped: () => [...dropped],
+    stats: (): TransportStats => {
+      let outbound = 0
+      let pending = 0
+      for (const out of outbounds.values()) if (out.connected) outbound++
+      for (const o of live) if (!o.oneWay) pending++
+      return { inbound: inbounds.size, outbound, pending }
+    }
+  }
+  return api
+})
