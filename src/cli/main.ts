@@ -1,3 +1,93 @@
-/** The `tally` command line. */
-console.log("Tally: the storage engine is built (engine/, docs/storage.md); the node and the cluster come next.")
-console.log("Try: npm test, npm run bench:engine")
+/**
+ * The `tally` command line: `node`, `cluster`, and the `get`/`put`/`delete` clients. This
+ * module runs on import (bin/tally.js) and owns the process exit code: 0 on success, 1 when
+ * a node answered with an error or failed, 2 for usage errors, 3 when no node answered.
+ */
+import * as fs from "node:fs"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import * as Cause from "effect/Cause"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import { CliConfig, CliError, CliOutput, Command, Flag, GlobalFlag } from "effect/cli"
+import { deleteCommand, getCommand, putCommand } from "./ClientCommands.ts"
+import { clusterCommand } from "./ClusterCommand.ts"
+import { ExitCode, isCliFailure } from "./Errors.ts"
+import { nodeCommand } from "./NodeCommand.ts"
+
+const VERSION = (() => {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: unknown }
+    return typeof pkg.version === "string" ? pkg.version : "unknown"
+  } catch {
+    return "unknown"
+  }
+})()
+
+/** `--version` without the built-in `-v` alias, which `get` uses for `--context`. */
+const Version = GlobalFlag.Action({
+  flag: Flag.Boolean("version").pipe(Flag.withDescription("Show the version"), Flag.withDefault(false)),
+  run: (_, { version }) => Console.log(`tally ${version}`)
+})
+
+/** Help on stdout when asked for; usage errors on stderr, one line each, with a pointer to the help. */
+const presenter: CliOutput.Presenter = {
+  present: (event) =>
+    Effect.gen(function*() {
+      const formatter = yield* CliOutput.Formatter
+      switch (event._tag) {
+        case "Help":
+          if (event.reason === "Requested") return yield* Console.log(formatter.formatHelpDoc(event.helpDoc))
+          return yield* Console.error(formatter.formatHelpDoc(event.helpDoc))
+        case "Version":
+          return yield* Console.log(`${event.name} ${event.version}`)
+        case "InvalidInvocation":
+          for (const error of event.errors) yield* Console.error(`error: ${error.message}`)
+          return yield* Console.error(`Run "${event.commandPath.join(" ")} --help" for its flags.`)
+      }
+    })
+}
+
+/** The whole command tree. */
+export const tally = Command.make("tally").pipe(
+  Command.withDescription("Tally, a Dynamo-style distributed key-value store"),
+  Command.withSubcommands([nodeCommand, clusterCommand, getCommand, putCommand, deleteCommand])
+)
+
+/** The exit code for how the program ended, after printing what the user needs to know. */
+const finish = (exit: Exit.Exit<void, unknown>): number => {
+  if (Exit.isSuccess(exit)) return ExitCode.ok
+  if (Cause.hasInterruptsOnly(exit.cause)) return 130
+  const error = Cause.squash(exit.cause)
+  if (isCliFailure(error)) {
+    process.stderr.write(`${error.report}\n`)
+    return error.exitCode
+  }
+  if (CliError.isCliError(error)) {
+    // Parse errors were already printed by the presenter; a bare `tally` printed its help.
+    if (error._tag !== "ShowHelp") process.stderr.write(`error: ${error.message}\n`)
+    return ExitCode.usage
+  }
+  process.stderr.write(`internal error: ${Cause.pretty(exit.cause)}\n`)
+  return ExitCode.failed
+}
+
+const program = Command.run(tally, { version: VERSION }).pipe(
+  Effect.provide(CliConfig.layer({ builtIns: [GlobalFlag.Help, Version, GlobalFlag.Completions] })),
+  Effect.provide(CliOutput.layerPresenter(presenter)),
+  Effect.provide(NodeServices.layer)
+)
+
+// `tally get k | head -c 10`: a reader that stops early is not an error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code !== "EPIPE") throw e
+  })
+}
+
+void Effect.runPromiseExit(program).then((exit) => {
+  const code = finish(exit)
+  process.exitCode = code
+  // Whatever a library left open must not keep a finished command alive.
+  setTimeout(() => process.exit(code), 2_000).unref()
+})

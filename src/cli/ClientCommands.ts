@@ -1,0 +1,343 @@
+/**
+ * `tally get`, `tally put` and `tally delete`: clients of a node's HTTP API (CONTRACT.md).
+ * Values go to stdout byte for byte; everything else (contexts, errors) goes to stderr, so
+ * `tally get k > file` saves exactly the value.
+ */
+import * as fs from "node:fs"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
+import { Argument, Command, Flag } from "effect/cli"
+import { messageOf, NotFound, RequestFailed, Unreachable, UsageError } from "./Errors.ts"
+
+/** Where the client commands send their requests unless told otherwise. */
+export const DEFAULT_URL = "http://127.0.0.1:8080"
+
+/** How long a request may wait for its answer unless `--timeout` says otherwise. */
+const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
+
+const MAX_KEY_BYTES = 1024
+
+// ---- requests ---------------------------------------------------------------------------
+
+/** What every request needs. */
+interface Target {
+  readonly url: string
+  readonly key: string
+  readonly query: Readonly<Record<string, string | undefined>>
+  readonly timeoutMs: number | undefined
+}
+
+const checkUrl = (url: string): Effect.Effect<URL, UsageError> => {
+  let parsed: URL | undefined
+  try {
+    parsed = new URL(url)
+  } catch {
+    parsed = undefined
+  }
+  return parsed !== undefined && (parsed.protocol === "http:" || parsed.protocol === "https:")
+    ? Effect.succeed(parsed)
+    : Effect.fail(new UsageError({ message: `--url must be an http:// or https:// address such as ${DEFAULT_URL}; got ${url}` }))
+}
+
+const checkKey = (key: string): Effect.Effect<string, UsageError> => {
+  const bytes = Buffer.byteLength(key, "utf8")
+  return bytes >= 1 && bytes <= MAX_KEY_BYTES
+    ? Effect.succeed(key)
+    : Effect.fail(new UsageError({ message: `a key must be 1 to ${MAX_KEY_BYTES} bytes of UTF-8; got ${bytes} bytes` }))
+}
+
+const checkQuorum = (flag: string, value: Option.Option<string>): Effect.Effect<string | undefined, UsageError> =>
+  Option.match(value, {
+    onNone: () => Effect.succeed(undefined),
+    onSome: (v) =>
+      /^([1-9]\d*|quorum|all)$/.test(v)
+        ? Effect.succeed(v)
+        : Effect.fail(new UsageError({ message: `--${flag} must be an integer from 1 to N, quorum or all; got ${v}` }))
+  })
+
+const requestUrl = (target: Target): string => {
+  const base = target.url.replace(/\/+$/, "")
+  const params = new URLSearchParams()
+  for (const [k, v] of Object.entries(target.query)) if (v !== undefined) params.set(k, v)
+  if (target.timeoutMs !== undefined) params.set("timeout", String(target.timeoutMs))
+  const qs = params.toString()
+  return `${base}/kv/${encodeURIComponent(target.key)}${qs === "" ? "" : `?${qs}`}`
+}
+
+const NETWORK_REASONS: Readonly<Record<string, string>> = {
+  ECONNREFUSED: "connection refused; is a node running there?",
+  ENOTFOUND: "unknown host",
+  EAI_AGAIN: "the host name could not be resolved",
+  ECONNRESET: "the connection was reset",
+  EHOSTUNREACH: "no route to host",
+  ENETUNREACH: "network unreachable",
+  ETIMEDOUT: "the connection timed out"
+}
+
+const networkReason = (e: unknown): string => {
+  if (Predicate.hasProperty(e, "name") && (e.name === "TimeoutError" || e.name === "AbortError")) return "no answer in time"
+  const cause = Predicate.hasProperty(e, "cause") ? e.cause : undefined
+  const code = Predicate.hasProperty(cause, "code") && Predicate.isString(cause.code) ? cause.code : undefined
+  if (code !== undefined) return NETWORK_REASONS[code] ?? code
+  return Predicate.hasProperty(cause, "message") && Predicate.isString(cause.message) ? cause.message : messageOf(e)
+}
+
+/** Sends one request; fails with Unreachable when no HTTP answer comes back. */
+const send = (method: string, target: Target, init: { readonly headers?: Record<string, string>; readonly body?: Uint8Array } = {}) =>
+  Effect.tryPromise({
+    try: async (signal) => {
+      const clientTimeout = target.timeoutMs !== undefined ? target.timeoutMs + 5_000 : DEFAULT_CLIENT_TIMEOUT_MS
+      const response = await fetch(requestUrl(target), {
+        method,
+        headers: init.headers ?? {},
+        ...(init.body !== undefined ? { body: init.body } : {}),
+        signal: AbortSignal.any([signal, AbortSignal.timeout(clientTimeout)])
+      })
+      return { response, body: new Uint8Array(await response.arrayBuffer()) }
+    },
+    catch: (e) => new Unreachable({ url: target.url, reason: networkReason(e) })
+  })
+
+/** The node's error answer as a RequestFailed, whatever its body. */
+const failure = (response: Response, body: Uint8Array): RequestFailed => {
+  const text = Buffer.from(body).toString("utf8")
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    parsed = undefined
+  }
+  if (Predicate.isObject(parsed) && Predicate.isString(parsed.error)) {
+    let message = Predicate.isString(parsed.message) ? parsed.message : response.statusText
+    if (parsed.needed !== undefined || parsed.got !== undefined) message += ` (needed ${String(parsed.needed)}, got ${String(parsed.got)})`
+    return new RequestFailed({ status: response.status, code: parsed.error, message })
+  }
+  const detail = text.trim().slice(0, 200)
+  return new RequestFailed({ status: response.status, code: `http_${response.status}`, message: detail === "" ? response.statusText : detail })
+}
+
+const writeTo = (stream: NodeJS.WriteStream, data: string | Uint8Array) =>
+  Effect.callback<void>((resume) => {
+    stream.write(data, () => resume(Effect.void))
+  })
+
+/** Writes to stdout and waits until it is handed to the OS. */
+export const writeOut = (data: string | Uint8Array) => writeTo(process.stdout, data)
+/** Writes to stderr and waits until it is handed to the OS. */
+export const writeErr = (data: string | Uint8Array) => writeTo(process.stderr, data)
+
+// ---- siblings ---------------------------------------------------------------------------
+
+/** One concurrent version in a 300 answer. */
+export interface Sibling {
+  readonly value: string
+  readonly contentType: string
+  readonly lastModified: string
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
+/** `bytes` as text if they are valid UTF-8 without control characters (tabs and newlines aside). */
+export const asText = (bytes: Uint8Array): string | undefined => {
+  try {
+    const text = utf8.decode(bytes)
+    return /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(text) ? undefined : text
+  } catch {
+    return undefined
+  }
+}
+
+/** A shell word for `s`: as is when safe, single-quoted otherwise. */
+const shellWord = (s: string): string => (/^[A-Za-z0-9_.:/=@%+-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`)
+
+/** The readable listing of a 300 answer: one block per sibling, then the context that resolves them. */
+export const formatSiblings = (key: string, context: string, siblings: ReadonlyArray<Sibling>): string => {
+  const blocks = siblings.map((s, i) => {
+    const bytes = Buffer.from(s.value, "base64")
+    const text = asText(bytes)
+    const value = text === undefined
+      ? `value (base64, ${bytes.length} bytes): ${s.value}`
+      : text.includes("\n")
+      ? `value (${bytes.length} bytes):\n${text.replace(/\n$/, "").split("\n").map((l) => `  ${l}`).join("\n")}`
+      : `value: ${text}`
+    return [`sibling ${i + 1} of ${siblings.length}`, `content-type: ${s.contentType}`, `last-modified: ${s.lastModified}`, value].join("\n")
+  })
+  return [
+    `${siblings.length} concurrent versions of ${JSON.stringify(key)}.`,
+    "",
+    blocks.join("\n\n"),
+    "",
+    "To resolve them, write the value to keep with this context:",
+    `context: ${context}`,
+    `  tally put ${shellWord(key)} VALUE --context ${shellWord(context)}`,
+    ""
+  ].join("\n")
+}
+
+const parseSiblings = (body: Uint8Array): { readonly context: string; readonly siblings: ReadonlyArray<Sibling> } | undefined => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(Buffer.from(body).toString("utf8"))
+  } catch {
+    return undefined
+  }
+  if (!Predicate.isObject(parsed) || !Predicate.isString(parsed.context) || !Array.isArray(parsed.siblings)) return undefined
+  const siblings = parsed.siblings.map((s: unknown): Sibling => ({
+    value: Predicate.isObject(s) && Predicate.isString(s.value) ? s.value : "",
+    contentType: Predicate.isObject(s) && Predicate.isString(s.contentType) ? s.contentType : "(none)",
+    lastModified: Predicate.isObject(s) && Predicate.isString(s.lastModified) ? s.lastModified : "(unknown)"
+  }))
+  return { context: parsed.context, siblings }
+}
+
+// ---- commands ---------------------------------------------------------------------------
+
+const urlFlag = Flag.String("url").pipe(
+  Flag.withMetavar("URL"),
+  Flag.withDescription(`address of any node (default ${DEFAULT_URL})`),
+  Flag.withDefault(DEFAULT_URL)
+)
+const timeoutFlag = Flag.Int("timeout").pipe(
+  Flag.withMetavar("MS"),
+  Flag.withDescription("how long the node may take to reach its quorum (default: the node's)"),
+  Flag.optional
+)
+const keyArgument = Argument.String("key").pipe(Argument.withDescription("the key, 1 to 1024 bytes of UTF-8"))
+
+const target = Effect.fnUntraced(function*(url: string, key: string, query: Record<string, string | undefined>, timeout: Option.Option<number>) {
+  yield* checkUrl(url)
+  yield* checkKey(key)
+  const timeoutMs = Option.getOrUndefined(timeout)
+  if (timeoutMs !== undefined && timeoutMs < 1) return yield* new UsageError({ message: `--timeout must be a positive number of milliseconds; got ${timeoutMs}` })
+  return { url, key, query, timeoutMs } satisfies Target
+})
+
+const printContext = (response: Response) => {
+  const context = response.headers.get("x-context")
+  return context === null ? Effect.void : writeErr(`X-Context: ${context}\n`)
+}
+
+/** `tally get <key>`. */
+export const getCommand = Command.make(
+  "get",
+  {
+    key: keyArgument,
+    url: urlFlag,
+    r: Flag.String("r").pipe(Flag.withMetavar("R"), Flag.withDescription("read quorum: 1..N, quorum or all (default: the node's)"), Flag.optional),
+    context: Flag.Boolean("context").pipe(Flag.withAlias("v"), Flag.withDescription("also print the X-Context to stderr (default off)"), Flag.withDefault(false)),
+    timeout: timeoutFlag
+  },
+  Effect.fnUntraced(function*({ key, url, r, context, timeout }) {
+    const t = yield* target(url, key, { r: yield* checkQuorum("r", r) }, timeout)
+    const { response, body } = yield* send("GET", t)
+    if (response.status === 200) {
+      if (context) yield* printContext(response)
+      return yield* writeOut(body)
+    }
+    if (response.status === 300) {
+      const siblings = parseSiblings(body)
+      if (siblings === undefined) return yield* failure(response, body)
+      return yield* writeOut(formatSiblings(key, siblings.context, siblings.siblings))
+    }
+    if (response.status === 404) {
+      if (context) yield* printContext(response)
+      return yield* new NotFound({ key })
+    }
+    return yield* failure(response, body)
+  })
+).pipe(
+  Command.withDescription("Print the value of a key to stdout, or its concurrent versions if there are several"),
+  Command.withExamples([
+    { command: "tally get greeting", description: "print the value" },
+    { command: "tally get greeting --r all -v", description: "read from every replica; print the context too" }
+  ])
+)
+
+const readStdin = Effect.tryPromise({
+  try: async () => {
+    if (process.stdin.isTTY) process.stderr.write("reading the value from stdin; end it with Ctrl-D\n")
+    const chunks: Array<Buffer> = []
+    for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
+    return new Uint8Array(Buffer.concat(chunks))
+  },
+  catch: (e) => new UsageError({ message: `cannot read the value from stdin: ${messageOf(e)}` })
+})
+
+const readValueFile = (file: string) =>
+  Effect.try({
+    try: () => new Uint8Array(fs.readFileSync(file)),
+    catch: (e) => new UsageError({ message: `cannot read --file ${file}: ${Predicate.hasProperty(e, "code") && e.code === "ENOENT" ? "no such file" : messageOf(e)}` })
+  })
+
+/** `tally put <key> [value]`. */
+export const putCommand = Command.make(
+  "put",
+  {
+    key: keyArgument,
+    value: Argument.String("value").pipe(Argument.withDescription("the value; without it, --file or stdin"), Argument.optional),
+    url: urlFlag,
+    w: Flag.String("w").pipe(Flag.withMetavar("W"), Flag.withDescription("write quorum: 1..N, quorum or all (default: the node's)"), Flag.optional),
+    context: Flag.String("context").pipe(Flag.withMetavar("CTX"), Flag.withDescription("the X-Context you read, to replace what you read (default none: a concurrent write)"), Flag.optional),
+    contentType: Flag.String("content-type").pipe(
+      Flag.withMetavar("TYPE"),
+      Flag.withDescription("Content-Type to store (default text/plain; charset=utf-8 for a value argument, else application/octet-stream)"),
+      Flag.optional
+    ),
+    file: Flag.String("file").pipe(Flag.withMetavar("FILE"), Flag.withDescription("read the value from this file (default: the argument, else stdin)"), Flag.optional),
+    verbose: Flag.Boolean("verbose").pipe(Flag.withAlias("v"), Flag.withDescription("print the new version's X-Context to stderr (default off)"), Flag.withDefault(false)),
+    timeout: timeoutFlag
+  },
+  Effect.fnUntraced(function*({ key, value, url, w, context, contentType, file, verbose, timeout }) {
+    if (Option.isSome(value) && Option.isSome(file)) {
+      return yield* new UsageError({ message: "give the value either as an argument or with --file, not both" })
+    }
+    const t = yield* target(url, key, { w: yield* checkQuorum("w", w) }, timeout)
+    const body = Option.isSome(value)
+      ? new Uint8Array(Buffer.from(value.value, "utf8"))
+      : Option.isSome(file)
+      ? yield* readValueFile(file.value)
+      : yield* readStdin
+    const headers: Record<string, string> = {
+      "content-type": Option.getOrElse(contentType, () => (Option.isSome(value) ? "text/plain; charset=utf-8" : "application/octet-stream"))
+    }
+    if (Option.isSome(context)) headers["x-context"] = context.value
+    const { response, body: answer } = yield* send("PUT", t, { headers, body })
+    if (response.status >= 200 && response.status < 300) {
+      if (verbose) yield* printContext(response)
+      return
+    }
+    return yield* failure(response, answer)
+  })
+).pipe(
+  Command.withDescription("Store a value under a key"),
+  Command.withExamples([
+    { command: "tally put greeting hello", description: "store a text value" },
+    { command: "tally put photo --file cat.jpg --content-type image/jpeg", description: "store a file" },
+    { command: "tally put greeting hi --context CTX", description: "replace the version(s) you read" }
+  ])
+)
+
+/** `tally delete <key>`. */
+export const deleteCommand = Command.make(
+  "delete",
+  {
+    key: keyArgument,
+    url: urlFlag,
+    w: Flag.String("w").pipe(Flag.withMetavar("W"), Flag.withDescription("write quorum: 1..N, quorum or all (default: the node's)"), Flag.optional),
+    context: Flag.String("context").pipe(Flag.withMetavar("CTX"), Flag.withDescription("delete what this X-Context covers (default none)"), Flag.optional),
+    verbose: Flag.Boolean("verbose").pipe(Flag.withAlias("v"), Flag.withDescription("print the tombstone's X-Context to stderr (default off)"), Flag.withDefault(false)),
+    timeout: timeoutFlag
+  },
+  Effect.fnUntraced(function*({ key, url, w, context, verbose, timeout }) {
+    const t = yield* target(url, key, { w: yield* checkQuorum("w", w) }, timeout)
+    const headers: Record<string, string> = Option.isSome(context) ? { "x-context": context.value } : {}
+    const { response, body } = yield* send("DELETE", t, { headers })
+    if (response.status >= 200 && response.status < 300) {
+      if (verbose) yield* printContext(response)
+      return
+    }
+    if (response.status === 404) return yield* new NotFound({ key })
+    return yield* failure(response, body)
+  })
+).pipe(Command.withDescription("Delete a key"))

@@ -1,0 +1,100 @@
+/**
+ * Every way a `tally` command fails, with the text it prints to stderr and the exit code it
+ * ends with: 1 when a node answered with an error, 2 for a usage error, 3 when no node
+ * answered. Scripts rely on these codes; keep them stable.
+ */
+import * as Predicate from "effect/Predicate"
+import * as Schema from "effect/Schema"
+
+/** Exit codes of the `tally` command. */
+export const ExitCode = {
+  ok: 0,
+  /** A node answered 4xx/5xx, or a node or cluster failed. */
+  failed: 1,
+  /** Bad flags, arguments or settings. */
+  usage: 2,
+  /** No node answered at the given address. */
+  unreachable: 3
+} as const
+
+/** Bad flags or arguments, found by the command itself. */
+export class UsageError extends Schema.TaggedError<UsageError>()("UsageError", {
+  message: Schema.String
+}) {
+  readonly exitCode = ExitCode.usage
+  get report(): string {
+    return `error: ${this.message}`
+  }
+}
+
+/** `tally node` settings that do not resolve; each message names its flag, variable or file key. */
+export class InvalidSettings extends Schema.TaggedError<InvalidSettings>()("InvalidSettings", {
+  errors: Schema.Array(Schema.String)
+}) {
+  readonly exitCode = ExitCode.usage
+  override get message(): string {
+    return this.errors.join("; ")
+  }
+  get report(): string {
+    return this.errors.map((e) => `error: ${e}`).join("\n")
+  }
+}
+
+/** The node answered with an error (`{"error": code, "message": ...}`). */
+export class RequestFailed extends Schema.TaggedError<RequestFailed>()("RequestFailed", {
+  status: Schema.Number,
+  code: Schema.String,
+  message: Schema.String
+}) {
+  readonly exitCode = ExitCode.failed
+  get report(): string {
+    return `error: ${this.code}: ${this.message}`
+  }
+}
+
+/** The key has no value (404). */
+export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", {
+  key: Schema.String
+}) {
+  readonly exitCode = ExitCode.failed
+  override get message(): string {
+    return `not found: ${this.key}`
+  }
+  get report(): string {
+    return "not found"
+  }
+}
+
+/** No answer from the node: refused, unresolvable, reset or timed out. */
+export class Unreachable extends Schema.TaggedError<Unreachable>()("Unreachable", {
+  url: Schema.String,
+  reason: Schema.String
+}) {
+  readonly exitCode = ExitCode.unreachable
+  override get message(): string {
+    return `cannot reach ${this.url}: ${this.reason}`
+  }
+  get report(): string {
+    return `error: unreachable: ${this.message}`
+  }
+}
+
+/** A node or the local cluster could not start, or stopped badly. */
+export class NodeFailed extends Schema.TaggedError<NodeFailed>()("NodeFailed", {
+  message: Schema.String
+}) {
+  readonly exitCode = ExitCode.failed
+  get report(): string {
+    return `error: ${this.message}`
+  }
+}
+
+/** Any failure above. */
+export type CliFailure = UsageError | InvalidSettings | RequestFailed | NotFound | Unreachable | NodeFailed
+
+/** Whether `u` is one of the failures above. */
+export const isCliFailure = (u: unknown): u is CliFailure =>
+  Predicate.hasProperty(u, "exitCode") && Predicate.isNumber(u.exitCode) && Predicate.hasProperty(u, "report")
+
+/** A thrown value's message, for reports. */
+export const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e))
