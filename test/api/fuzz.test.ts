@@ -42,7 +42,7 @@ t.test("no request, however malformed, gets a 500 or stops the node", async (t) 
 })
 
 t.test("garbage on the socket closes that connection only", async (t) => {
-  const port = 18000 + Math.floor(Math.random() * 1000)
+  const port = 17000 + Math.floor(Math.random() * 1000)
   const dir = t.testdir()
   const node = await startNode(testSettings({ port, data: dir }), { logStream: quiet() })
   t.teardown(node.close)

@@ -45,7 +45,8 @@ export const eventually = async <A>(what: string, f: () => Promise<A | undefined
 
 /** Starts `k` nodes joined through the first; resolves when all agree on a ring of k members, all up. */
 export const startCluster = async (dataRoot: string, k: number, opts: { n?: number; basePort?: number; extra?: string[] } = {}): Promise<Cluster> => {
-  const base = opts.basePort ?? 20000 + Math.floor(Math.random() * 2000) * 4
+  // Client ports 10000-13999, cluster ports +1000: apart from the other test files' ranges.
+  const base = opts.basePort ?? 10000 + Math.floor(Math.random() * 1000) * 4
   const n = opts.n ?? 3
   const nodes: ClusterNode[] = Array.from({ length: k }, (_, i) => ({ id: `n${i + 1}`, port: base + i, url: `http://127.0.0.1:${base + i}`, child: undefined, log: "" }))
   const argsOf = (node: ClusterNode, i: number) => [

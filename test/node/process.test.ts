@@ -7,7 +7,8 @@ import * as path from "node:path"
 import t from "tap"
 
 const root = path.resolve(import.meta.dirname, "../..")
-const basePort = 19000 + Math.floor(Math.random() * 500) * 2
+// Ports are split between test files so parallel files never collide (cluster ports are +1000).
+const basePort = 15000 + Math.floor(Math.random() * 249) * 4
 
 interface Proc { readonly child: ChildProcess; readonly url: string; readonly stderr: () => string }
 
