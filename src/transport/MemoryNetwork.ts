@@ -11,8 +11,8 @@
  */
 import { Effect, FiberSet, Semaphore } from "effect"
 import { DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, MalformedFrame, bodyBytes, decodeBody, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame } from "./Frame.ts"
-import { handleIncoming, type Incoming } from "./Reply.ts"
-import type { Handler, Peer, TransportApi, TransportStats } from "./Transport.ts"
+import { HandlerSlot, handleIncoming, type Incoming } from "./Reply.ts"
+import type { Peer, TransportApi, TransportStats } from "./Transport.ts"
 import { transportError, type TransportError } from "./TransportError.ts"
 
 /** How one direction of a link behaves. */
@@ -137,7 +137,7 @@ export const makeMemory = Effect.fnUntraced(function*(network: MemoryNetwork, co
   const run = yield* FiberSet.makeRuntime<never>()
   const warn = (message: string) => void run(Effect.logWarning(message).pipe(Effect.annotateLogs({ module: "transport", node: nodeId })))
   let closed = false
-  let handler: Handler | undefined
+  const handlers = new HandlerSlot()
   let dropped: ReadonlySet<string> = new Set()
   let nextId = 1
   const pending = new Map<number, { readonly to: string; readonly resume: Resume }>()
@@ -170,7 +170,7 @@ export const makeMemory = Effect.fnUntraced(function*(network: MemoryNetwork, co
       switch (frame.k) {
         case "req":
         case "one":
-          return handleIncoming(incoming, handler, from, frame.k === "req", frame.id, frame.p, reply(from))
+          return handleIncoming(incoming, handlers.current, from, frame.k === "req", frame.id, frame.p, reply(from))
         case "res":
         case "err": {
           const p = pending.get(frame.id)
@@ -259,18 +259,7 @@ export const makeMemory = Effect.fnUntraced(function*(network: MemoryNetwork, co
           if (!dropped.has(to.id)) transmit(to.id, bytes)
         })
       ),
-    serve: (h) =>
-      Effect.acquireRelease(
-        Effect.sync(() => {
-          const previous = handler
-          handler = h
-          return previous
-        }),
-        (previous) =>
-          Effect.sync(() => {
-            if (handler === h) handler = previous
-          })
-      ).pipe(Effect.asVoid),
+    serve: (h) => handlers.serve(h),
     setDropped: (ids) => {
       dropped = new Set(ids)
     },

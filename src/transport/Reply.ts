@@ -3,9 +3,29 @@
  * value as "res", its failure as "err" with the error's code, a defect as "err" "defect"
  * (logged here, not described to the peer), a value too big or not msgpack-able as "err".
  */
-import { Cause, Effect, Exit, type Fiber, Option } from "effect"
+import { Cause, Effect, Exit, type Fiber, Option, type Scope } from "effect"
 import { bodyBytes, encodeFrame } from "./Frame.ts"
 import type { Handler } from "./Transport.ts"
+
+/** The handler a layer dispatches to; `serve` installs one for the caller's scope. */
+export class HandlerSlot {
+  current: Handler | undefined = undefined
+
+  /** Installs `h` until the scope closes, then restores the one it replaced. */
+  serve(h: Handler): Effect.Effect<void, never, Scope.Scope> {
+    return Effect.acquireRelease(
+      Effect.sync(() => {
+        const previous = this.current
+        this.current = h
+        return previous
+      }),
+      (previous) =>
+        Effect.sync(() => {
+          if (this.current === h) this.current = previous
+        })
+    ).pipe(Effect.asVoid)
+  }
+}
 
 /** Forks an effect into the transport's scope (a FiberSet runtime). */
 export type Runner = <A, E>(effect: Effect.Effect<A, E>) => Fiber.Fiber<A, E>

@@ -11,9 +11,9 @@
  */
 import * as net from "node:net"
 import { Effect, FiberSet } from "effect"
-import { handleIncoming, type Incoming } from "./Reply.ts"
+import { HandlerSlot, handleIncoming, type Incoming } from "./Reply.ts"
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, bodyBytes, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame, type Hello, type MalformedFrame } from "./Frame.ts"
-import type { Handler, Peer, TransportApi, TransportStats } from "./Transport.ts"
+import type { Peer, TransportApi, TransportStats } from "./Transport.ts"
 import { transportError, type TransportError } from "./TransportError.ts"
 
 /** Settings of the TCP layer. */
@@ -182,7 +182,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
   const incoming: Incoming = { nodeId, maxFrameBytes, run, warn, gone: () => closed }
 
   let closed = false
-  let handler: Handler | undefined
+  const handlers = new HandlerSlot()
   let dropped: ReadonlySet<string> = new Set()
   let nextId = 1
   const outbounds = new Map<string, Outbound>()
@@ -454,7 +454,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
     private handle(from: string, answer: boolean, id: number, payload: unknown): void {
       this.active++
       this.adjustReading()
-      handleIncoming(incoming, handler, from, answer, id, payload, (bytes) => this.reply(from, bytes), () => {
+      handleIncoming(incoming, handlers.current, from, answer, id, payload, (bytes) => this.reply(from, bytes), () => {
         this.active--
         this.adjustReading()
       })
@@ -557,18 +557,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
     cluster,
     request: (to, payload, timeoutMs) => enqueue(to, false, payload, timeoutMs),
     send: (to, payload) => Effect.asVoid(enqueue(to, true, payload, 0)),
-    serve: (h) =>
-      Effect.acquireRelease(
-        Effect.sync(() => {
-          const previous = handler
-          handler = h
-          return previous
-        }),
-        (previous) =>
-          Effect.sync(() => {
-            if (handler === h) handler = previous
-          })
-      ).pipe(Effect.asVoid),
+    serve: (h) => handlers.serve(h),
     setDropped: (ids) => {
       dropped = new Set(ids)
       for (const i of inbounds) i.undrop()
