@@ -14,7 +14,7 @@ import { Context, Deferred, Effect, Exit, Layer, Option } from "effect"
 import { apiError, ApiError } from "../Errors.ts"
 import { Handoff } from "../handoff/Handoff.ts"
 import { Membership } from "../membership/Membership.ts"
-import { Replica, type Coordinated } from "../replica/Replica.ts"
+import { Replica, type Coordinated, type Encoded } from "../replica/Replica.ts"
 import { partitionOf, preferenceList, ringWalk } from "../ring/Ring.ts"
 import { Transport } from "../transport/Transport.ts"
 import * as Dvv from "../versions/Dvv.ts"
@@ -106,6 +106,9 @@ const awaitQuorum = <A>(tasks: ReadonlyArray<Effect.Effect<A, unknown>>, needed:
     return { results: [...results], ok: results.length >= needed, timedOut, all: Deferred.await(settled) } satisfies Quorate<A>
   })
 
+const mergeAll = (found: ReadonlyArray<Encoded | undefined>): StoredObject | undefined =>
+  found.reduce<StoredObject | undefined>((acc, x) => (x === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
+
 /** Builds the coordinator over the local replica, the membership, the transport and handoff. */
 export const make = Effect.fnUntraced(function*(config: { readonly n: number }) {
   const replica = yield* Replica
@@ -137,14 +140,18 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     return Effect.asVoid(call(id, { t: "put", key, object: bytes, ...(hint === undefined ? {} : { hint }) }, timeoutMs))
   }
 
-  const getFrom = (id: string, key: string, timeoutMs: number, hint?: string): Effect.Effect<StoredObject | undefined, unknown> => {
-    if (id === self) return hint === undefined ? replica.read(key).pipe(Effect.map(Option.getOrUndefined)) : handoff.read(hint, key)
+  const getFrom = (id: string, key: string, timeoutMs: number, hint?: string): Effect.Effect<Encoded | undefined, unknown> => {
+    if (id === self) {
+      return hint === undefined
+        ? replica.readEncoded(key)
+        : handoff.read(hint, key).pipe(Effect.map((object) => (object === undefined ? undefined : { object, bytes: encodeObject(object) })))
+    }
     return call(id, { t: "get", key, ...(hint === undefined ? {} : { hint }) }, timeoutMs).pipe(
       Effect.flatMap((r) => {
         if (r.t !== "obj") return Effect.fail(new Error(`unexpected reply ${r.t}`))
         if (r.object === null) return Effect.succeed(undefined)
-        const o = decodeObject(r.object)
-        return o === undefined ? Effect.fail(new Error(`${id} sent an unreadable object`)) : Effect.succeed(o)
+        const object = decodeObject(r.object)
+        return object === undefined ? Effect.fail(new Error(`${id} sent an unreadable object`)) : Effect.succeed({ object, bytes: r.object })
       })
     )
   }
@@ -217,31 +224,37 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       const { prefs, walk } = placement(key)
       const needed = Math.min(q.count, prefs.length)
       const fallbacks = fallbacksOf(prefs, walk)
-      type Reply = { readonly from: string; readonly primary: boolean; readonly object: StoredObject | undefined }
+      type Reply = { readonly from: string; readonly primary: boolean; readonly found: Encoded | undefined }
       const tasks = prefs.map((p): Effect.Effect<Reply, unknown> => {
-        const direct = usable(p) ? getFrom(p, key, q.timeoutMs).pipe(Effect.map((object) => ({ from: p, primary: true, object }))) : Effect.fail(new Error(`${p} is down`))
+        const direct = usable(p) ? getFrom(p, key, q.timeoutMs).pipe(Effect.map((found) => ({ from: p, primary: true, found }))) : Effect.fail(new Error(`${p} is down`))
         if (!q.sloppy) return direct
         return direct.pipe(Effect.catch(() => {
           const f = fallbacks.shift()
-          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, p).pipe(Effect.map((object) => ({ from: f, primary: false, object })))
+          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, p).pipe(Effect.map((found) => ({ from: f, primary: false, found })))
         }))
       })
       const r = yield* awaitQuorum(tasks, needed, q.timeoutMs)
       if (!r.ok) return yield* notMet(needed, r.results.length, r.timedOut, q.timeoutMs)
-      const merged = r.results.reduce<StoredObject | undefined>((acc, x) => (x.object === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
       // Read repair, once every replica has answered: primaries holding less get the merge.
-      yield* r.all.pipe(
-        Effect.flatMap((all) => {
-          const full = all.reduce<StoredObject | undefined>((acc, x) => (x.object === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
-          if (full === undefined) return Effect.void
-          const bytes = encodeObject(full)
-          const stale = all.filter((x) => x.primary && (x.object === undefined || Buffer.compare(encodeObject(x.object), bytes) !== 0))
-          return Effect.forEach(stale, (x) => putTo(x.from, key, full, bytes, q.timeoutMs).pipe(Effect.ignore), { concurrency: "unbounded", discard: true })
-        }),
-        Effect.forkDetach
-      )
-      return { object: merged, replies: r.results.length }
+      yield* r.all.pipe(Effect.flatMap((all) => repair(key, prefs, all, q.timeoutMs)), Effect.forkDetach)
+      return { object: mergeAll(r.results.map((x) => x.found)), replies: r.results.length }
     })
+
+  /** Sends the merge of `all` to the primaries whose copy differs from it (or who had none). */
+  const repair = (key: string, prefs: ReadonlyArray<string>, all: ReadonlyArray<{ readonly from: string; readonly primary: boolean; readonly found: Encoded | undefined }>, timeoutMs: number) => {
+    const primaries = all.filter((x) => x.primary)
+    const first = primaries[0]?.found
+    // The common case: every primary answered with the same bytes. Nothing to merge or encode.
+    if (primaries.length === prefs.length && first !== undefined && all.every((x) => x.found !== undefined && Buffer.compare(x.found.bytes, first.bytes) === 0)) return Effect.void
+    const full = mergeAll(all.map((x) => x.found))
+    if (full === undefined) return Effect.void
+    const bytes = encodeObject(full)
+    const stale = prefs.filter((p) => {
+      const reply = primaries.find((x) => x.from === p)
+      return reply === undefined || reply.found === undefined || Buffer.compare(reply.found.bytes, bytes) !== 0
+    })
+    return Effect.forEach(stale, (p) => (usable(p) ? putTo(p, key, full, bytes, timeoutMs).pipe(Effect.ignore) : Effect.void), { concurrency: "unbounded", discard: true })
+  }
 
   const handle = (from: string, msg: DataMessage): Effect.Effect<DataReply> => {
     const reply: Effect.Effect<DataReply, ApiError> = Effect.gen(function*() {

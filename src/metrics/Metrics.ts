@@ -79,12 +79,20 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
       }
     })
   }
+  const children = new Map<string, { count: client.Counter.Internal; time: client.Histogram.Internal<"op" | "status"> }>()
   return {
     registry,
     request: (op, status, seconds) => {
-      const labels = { op, status: String(status) }
-      requests.inc(labels)
-      latency.observe(labels, seconds)
+      // Label lookups hash their labels on every call: keep the children per (op, status).
+      const k = `${op} ${status}`
+      let c = children.get(k)
+      if (c === undefined) {
+        const labels = { op, status: String(status) }
+        c = { count: requests.labels(labels), time: latency.labels(labels) }
+        children.set(k, c)
+      }
+      c.count.inc()
+      c.time.observe(seconds)
     },
     object: (n, bytes) => {
       siblings.observe(n)

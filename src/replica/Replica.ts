@@ -42,6 +42,12 @@ export interface Stored {
   readonly bytes: number
 }
 
+/** A stored object with its encoding. */
+export interface Encoded {
+  readonly object: StoredObject
+  readonly bytes: Uint8Array
+}
+
 /** Result of a coordinated write. */
 export interface Coordinated extends Stored {
   /** The context of the new version for its writer (the PUT's X-Context). */
@@ -52,6 +58,8 @@ export interface Coordinated extends Stored {
 export class Replica extends Context.Service<Replica, {
   readonly nodeId: string
   readonly read: (key: string) => Effect.Effect<Option.Option<StoredObject>, ApiError>
+  /** The object and the bytes it is stored as (a read compares replicas by their bytes). */
+  readonly readEncoded: (key: string) => Effect.Effect<Encoded | undefined, ApiError>
   readonly coordinate: (key: string, context: Dvv.Context, sibling: Sibling) => Effect.Effect<Coordinated, ApiError>
   readonly merge: (key: string, incoming: StoredObject) => Effect.Effect<Stored, ApiError>
 }>()("tally/replica/Replica") {
@@ -65,18 +73,20 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
   const locks = new KeyLocks()
   const mapEngine = (e: EngineError) => fromEngineError(e)
 
-  const readNow = (key: string): Effect.Effect<StoredObject | undefined, ApiError> =>
+  const readEncoded = (key: string): Effect.Effect<Encoded | undefined, ApiError> =>
     engine.get(key).pipe(
       Effect.mapError(mapEngine),
       Effect.flatMap((found) => {
         if (Option.isNone(found)) return Effect.succeed(undefined)
         const e = found.value
-        const o = decodeObject(e.type === RecordType.Tombstone ? e.meta : e.value)
-        return o === undefined
+        const bytes = e.type === RecordType.Tombstone ? e.meta : e.value
+        const object = decodeObject(bytes)
+        return object === undefined
           ? Effect.fail(apiError("storage_error", `the stored object of key ${JSON.stringify(key)} is not readable`))
-          : Effect.succeed(o)
+          : Effect.succeed({ object, bytes })
       })
     )
+  const readNow = (key: string) => readEncoded(key).pipe(Effect.map((r) => r?.object))
 
   const store = (key: string, o: StoredObject, bytes: Uint8Array) =>
     (allDeleted(o) ? engine.remove(key, bytes) : engine.put(key, bytes)).pipe(Effect.mapError(mapEngine))
@@ -113,6 +123,7 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
   return Replica.of({
     nodeId: config.nodeId,
     read: (key) => readNow(key).pipe(Effect.map(Option.fromNullishOr)),
+    readEncoded,
     coordinate,
     merge
   })
