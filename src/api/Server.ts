@@ -133,6 +133,10 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
       sendError(reply, failure.error)
       return undefined
     }
+    if (exit.cause.reasons.every(Cause.isInterruptReason)) {
+      sendError(reply, apiError("unavailable", "the node is shutting down; retry on another node"))
+      return undefined
+    }
     throw Cause.squash(exit.cause)
   }
 
