@@ -33,6 +33,10 @@ export interface FilesApi {
   syncDir(dir: string): void
   /** Free bytes on the device holding `dir`, when known. */
   freeBytes(dir: string): number | undefined
+  /** Renames a directory and everything in it. */
+  renameDir(from: string, to: string): void
+  /** Removes a directory and everything in it; absent is fine. */
+  removeDir(dir: string): void
 }
 
 /** Writes `data` to `file` so that after return it is whole or absent, never partial. */
@@ -89,7 +93,9 @@ const nodeFiles: FilesApi = {
     } catch {
       return undefined
     }
-  }
+  },
+  renameDir: (from, to) => fs.renameSync(from, to),
+  removeDir: (dir) => fs.rmSync(dir, { recursive: true, force: true })
 }
 
 const errno = (code: string, message: string): NodeJS.ErrnoException =>
@@ -155,7 +161,8 @@ export const makeMemoryFiles = (): MemoryFiles => {
     list: (dir) => {
       const d = norm(dir)
       if (!dirs.has(d)) throw errno("ENOENT", `no such directory ${d}`)
-      return [...files.keys()].filter((f) => path.dirname(f) === d).map((f) => path.basename(f))
+      const entries = [...files.keys(), ...dirs].filter((f) => f !== d && path.dirname(f) === d).map((f) => path.basename(f))
+      return [...new Set(entries)]
     },
     exists: (file) => files.has(norm(file)) || dirs.has(norm(file)),
     open: openFile,
@@ -219,6 +226,25 @@ export const makeMemoryFiles = (): MemoryFiles => {
       if (!files.delete(norm(file))) throw errno("ENOENT", `no such file ${file}`)
     },
     syncDir: () => {},
+    renameDir: (from, to) => {
+      const f = norm(from)
+      const t = norm(to)
+      const under = (p: string) => p === f || p.startsWith(f + path.sep)
+      for (const d of [...dirs].filter(under)) {
+        dirs.delete(d)
+        dirs.add(t + d.slice(f.length))
+      }
+      for (const [file, mem] of [...files].filter(([p]) => under(p))) {
+        files.delete(file)
+        files.set(t + file.slice(f.length), mem)
+      }
+    },
+    removeDir: (dir) => {
+      const d = norm(dir)
+      const under = (p: string) => p === d || p.startsWith(d + path.sep)
+      for (const x of [...dirs].filter(under)) dirs.delete(x)
+      for (const file of [...files.keys()].filter(under)) files.delete(file)
+    },
     freeBytes: () => (quota === undefined ? undefined : Math.max(0, quota - used())),
     crash: (keepUnsynced = () => 0) => {
       fds.clear()

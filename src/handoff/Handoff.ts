@@ -6,7 +6,6 @@
  * fsynced) only after the owner acknowledged a batch durable, and the log is deleted once
  * all of it was acknowledged. Parked entries are the same encoded objects the engine stores.
  */
-import * as fs from "node:fs"
 import * as path from "node:path"
 import { Context, Effect, Layer, Schedule } from "effect"
 import { writeFileDurable, type FilesApi } from "../../engine/Files.ts"
@@ -88,7 +87,7 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
   }
 
   for (const owner of config.files.list(root)) {
-    if (owner.startsWith(".")) fs.rmSync(path.join(root, owner), { recursive: true, force: true })
+    if (owner.startsWith(".")) config.files.removeDir(path.join(root, owner))
     else if (Dvv.NODE_ID.test(owner)) open(owner)
   }
   yield* Effect.addFinalizer(() => Effect.promise(() => Promise.all([...parked.values()].map((p) => p.log.close()))))
@@ -152,9 +151,9 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
       if (p.log.committedLsn <= p.shipped && p.inflight === 0 && parked.get(owner) === p) {
         parked.delete(owner)
         const done = path.join(root, `.${owner}.done-${Date.now()}`)
-        fs.renameSync(path.join(root, owner), done)
+        config.files.renameDir(path.join(root, owner), done)
         yield* Effect.promise(() => p.log.close())
-        fs.rmSync(done, { recursive: true, force: true })
+        config.files.removeDir(done)
         yield* Effect.logInfo(`handoff to ${owner} complete: ${total} entries delivered`)
       }
       return total

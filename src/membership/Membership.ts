@@ -23,6 +23,8 @@ export interface MembershipConfig {
   readonly dataDir: string
   /** Client addresses of members to join through; empty: found a new cluster. */
   readonly seeds: ReadonlyArray<{ readonly host: string; readonly port: number }>
+  /** Seeds given by their internode address, skipping the client API (simulated clusters). */
+  readonly seedPeers?: ReadonlyArray<Peer>
   readonly files: FilesApi
   readonly heartbeatMs?: number
   readonly gossipMs?: number
@@ -86,7 +88,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   const incarnation = (stored?.members.find((m) => m.id === config.self.id)?.incarnation ?? 0) + 1
   const self: State.MemberInfo = { ...config.self, incarnation }
   let state = stored === undefined
-    ? (config.seeds.length === 0 ? State.founding(self, config.n, config.partitions) : { n: config.n, partitions: config.partitions, members: [self], events: [] })
+    ? (config.seeds.length === 0 && (config.seedPeers ?? []).length === 0 ? State.founding(self, config.n, config.partitions) : { n: config.n, partitions: config.partitions, members: [self], events: [] })
     : State.join(stored, self)
   const detector = new FailureDetector()
   const upListeners: Array<(id: string) => void> = []
@@ -140,10 +142,11 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
     )
   })
 
-  /** One attempt at joining through each seed; true once a seed accepted us. */
-  const joinOnce = Effect.suspend(() =>
-    Effect.forEach(config.seeds, (seed) =>
-      Effect.tryPromise({
+  /** The internode address of a seed: asked of its client API, or given (simulated clusters). */
+  const seedPeers: ReadonlyArray<{ readonly name: string; readonly peer: Effect.Effect<Peer | undefined, unknown> }> = [
+    ...config.seeds.map((seed) => ({
+      name: `${seed.host}:${seed.port}`,
+      peer: Effect.tryPromise({
         try: async (signal) => {
           const res = await fetch(`http://${seed.host}:${seed.port}/health`, { signal })
           return (await res.json()) as { node?: string; cluster?: { host?: string; port?: number } }
@@ -154,8 +157,20 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
           if (typeof h.node !== "string" || typeof h.cluster?.host !== "string" || typeof h.cluster.port !== "number") {
             return Effect.fail(new Error(`seed ${seed.host}:${seed.port} is not a Tally node`))
           }
-          if (h.node === self.id) return Effect.succeed(false)
-          return transport.request({ id: h.node, host: h.cluster.host, port: h.cluster.port }, { t: "join", member: self }, 5000).pipe(
+          return Effect.succeed(h.node === self.id ? undefined : { id: h.node, host: h.cluster.host, port: h.cluster.port })
+        })
+      )
+    })),
+    ...(config.seedPeers ?? []).map((peer) => ({ name: peer.id, peer: Effect.succeed(peer.id === self.id ? undefined : peer) }))
+  ]
+
+  /** One attempt at joining through each seed; true once a seed accepted us. */
+  const joinOnce = Effect.suspend(() =>
+    Effect.forEach(seedPeers, (seed) =>
+      seed.peer.pipe(
+        Effect.flatMap((peer) => {
+          if (peer === undefined) return Effect.succeed(false)
+          return transport.request(peer, { t: "join", member: self }, 5000).pipe(
             Effect.map((reply) => {
               const s = (reply as { state?: unknown } | null)?.state
               if (!State.isClusterState(s)) return false
@@ -165,8 +180,8 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
           )
         }),
         Effect.catch((e: unknown) => {
-          if ((e as { reason?: string }).reason === "refused") return Effect.fail(new JoinRefused(`seed ${seed.host}:${seed.port} refused this node: ${(e as Error).message}`))
-          return Effect.logWarning(`cannot reach seed ${seed.host}:${seed.port} yet: ${(e as Error).message ?? e}`).pipe(Effect.as(false))
+          if ((e as { reason?: string }).reason === "refused") return Effect.fail(new JoinRefused(`seed ${seed.name} refused this node: ${(e as Error).message}`))
+          return Effect.logWarning(`cannot reach seed ${seed.name} yet: ${(e as Error).message ?? e}`).pipe(Effect.as(false))
         })
       )
     ).pipe(Effect.map((oks) => oks.some(Boolean)))
@@ -174,7 +189,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
 
   const joined = () => State.ringOf(state).members.includes(self.id)
 
-  if (!joined() && config.seeds.length > 0) {
+  if (!joined() && seedPeers.length > 0) {
     // Wait a while for a seed (a cluster's nodes often start together), then go on trying.
     const deadline = Date.now() + (config.joinWaitMs ?? 15_000)
     let ok = false

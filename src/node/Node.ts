@@ -44,6 +44,8 @@ export interface StartOptions {
   readonly logStream?: NodeJS.WritableStream
   readonly memory?: boolean
   readonly network?: MemoryNetwork
+  /** Seeds by node id on the simulated network (with `network`). */
+  readonly seedIds?: ReadonlyArray<string>
 }
 
 /** A node assembled but not listening: its Fastify app and how to stop it. */
@@ -90,6 +92,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     partitions: settings.partitions,
     dataDir: settings.data,
     seeds: settings.seeds,
+    ...(options.seedIds === undefined ? {} : { seedPeers: options.seedIds.map((id) => ({ id, host: "memory", port: 0 })) }),
     files
   })
   const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync })
@@ -178,7 +181,15 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     },
     close: () => {
       closing ??= (async () => {
-        await app.close()
+        // close() stops accepting and waits for every connection to end. A keep-alive
+        // connection whose request was in flight goes idle afterwards and would hold close()
+        // for the 72 s keep-alive timeout: close such connections as they go idle.
+        const sweep = setInterval(() => app.server.closeIdleConnections(), 50)
+        try {
+          await app.close()
+        } finally {
+          clearInterval(sweep)
+        }
         await runtime.dispose()
       })()
       return closing

@@ -155,3 +155,28 @@ t.test("a partition with writes on both sides heals with every acknowledged writ
     t.same(r.values, [...values].sort(), `${key}: both acknowledged writes survive, as siblings`)
   }
 })
+
+t.test("a node whose N or Q differs from the cluster's is refused with a clear error", async (t) => {
+  const dataRoot = t.testdir()
+  const c = await startCluster(dataRoot, 1)
+  t.teardown(() => c.stopAll())
+  const { spawn } = await import("node:child_process")
+  for (const [flag, value] of [["--n", "5"], ["--partitions", "128"]] as const) {
+    const port = c.nodes[0]!.port + 10
+    const child = spawn(process.execPath, ["bin/tally.js", "node", "--id", "odd", "--port", String(port), "--data", `${dataRoot}/odd${flag}`, "--seeds", `127.0.0.1:${c.nodes[0]!.port}`, flag, value], { cwd: new URL("../..", import.meta.url).pathname, stdio: ["ignore", "pipe", "pipe"] })
+    let err = ""
+    let out = ""
+    child.stderr!.on("data", (d: Buffer) => (err += d))
+    child.stdout!.on("data", (d: Buffer) => (out += d))
+    const code = await new Promise<number | null>((resolve) => {
+      const timer = setTimeout(() => child.kill("SIGKILL"), 30_000)
+      child.on("exit", (c) => {
+        clearTimeout(timer)
+        resolve(c)
+      })
+    })
+    t.not(code, 0, `${flag} ${value}: exits with an error`)
+    t.notMatch(out, /^ready/m, `${flag} ${value}: never ready`)
+    t.match(err, flag === "--n" ? /\bn\b.*differs|differs.*\bn\b/ : /partitions.*differs|differs.*partitions/, `${flag} ${value}: says which setting differs`)
+  }
+})

@@ -71,13 +71,22 @@ t.test("SIGTERM finishes in-flight requests, flushes, and exits 0", async (t) =>
   let node = await startNode(args)
   // Start many writes, then SIGTERM while they are in flight: each either succeeds
   // (and must then be durable) or is refused; none is left hanging.
+  let first: () => void = () => {}
+  const firstAck = new Promise<void>((resolve) => (first = resolve))
   const writes = Array.from({ length: 200 }, (_, i) =>
-    fetch(`${node.url}/kv/k${i}`, { method: "PUT", body: `v${i}` }).then((r) => [i, r.status] as const, () => [i, 0] as const)
+    fetch(`${node.url}/kv/k${i}`, { method: "PUT", body: `v${i}` }).then((r) => {
+      if (r.status === 204) first()
+      return [i, r.status] as const
+    }, () => [i, 0] as const)
   )
-  await new Promise((r) => setTimeout(r, 20))
+  // Stop once the first write is acknowledged, with the others still in flight.
+  await firstAck
+  const stoppedAt = Date.now()
   node.child.kill("SIGTERM")
   const results = await Promise.all(writes)
   t.same(await exited(node.child), { code: 0, signal: null }, "exit 0")
+  // Keep-alive connections must not hold the stop for their 72 s timeout.
+  t.ok(Date.now() - stoppedAt < 15_000, `stopped ${Date.now() - stoppedAt} ms after SIGTERM`)
   const acked = results.filter(([, s]) => s === 204).map(([i]) => i)
   t.ok(acked.length > 0, `${acked.length} writes acknowledged before the stop`)
   node = await startNode(args)
