@@ -18,6 +18,9 @@ export interface EngineConfig extends Partial<Omit<LogConfig, "dir">> {
   readonly compactionIntervalMs?: number
 }
 
+/** How often background compaction looks for work unless configured. */
+export const DEFAULT_COMPACTION_INTERVAL_MS = 30_000
+
 /** Settings that may change while the engine runs. */
 export type LiveSettings = Parameters<Log["reconfigure"]>[0]
 
@@ -77,7 +80,7 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
   const compact = (options?: { readonly full?: boolean }) =>
     Effect.tryPromise({ try: () => compactions.run(log, options?.full === true), catch: toError })
 
-  const interval = config.compactionIntervalMs ?? 30_000
+  const interval = config.compactionIntervalMs ?? DEFAULT_COMPACTION_INTERVAL_MS
   if (interval > 0) {
     yield* compact().pipe(
       Effect.tap((r) => (r === undefined ? Effect.void : Effect.logInfo(`compaction: segments ${r.inputs.join(",")} -> ${r.outputs.join(",") || "none"}, ${r.bytesBefore} -> ${r.bytesAfter} bytes`))),

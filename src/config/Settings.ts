@@ -8,6 +8,8 @@ import * as fs from "node:fs"
 import * as Predicate from "effect/Predicate"
 import * as Result from "effect/Result"
 import { MAX_VALUE_BYTES } from "../../engine/Record.ts"
+import { DEFAULT_COMPACTION_INTERVAL_MS } from "../../engine/Engine.ts"
+import { defaultLogConfig } from "../../engine/Log.ts"
 
 /** The `--fsync` modes: `batch` acknowledges a write after a group fsync it shares. */
 export const FSYNC_MODES = ["always", "batch", "never"] as const
@@ -98,12 +100,13 @@ export const DEFAULTS = {
   maxValueBytes: 1024 * 1024,
   logLevel: "info" as LogLevel,
   enableFaultInjection: false,
+  // The engine's own defaults, so the two can never disagree.
   compaction: {
-    deadRatio: 0.4,
-    deadBytes: 32 * 1024 * 1024,
-    smallBytes: 4 * 1024 * 1024,
-    intervalMs: 30_000,
-    tombstoneGraceMs: 24 * 60 * 60 * 1000
+    deadRatio: defaultLogConfig.compactDeadRatio,
+    deadBytes: defaultLogConfig.compactDeadBytes,
+    smallBytes: defaultLogConfig.compactSmallBytes,
+    intervalMs: DEFAULT_COMPACTION_INTERVAL_MS,
+    tombstoneGraceMs: defaultLogConfig.tombstoneGraceMs
   } satisfies CompactionSettings
 } as const
 
