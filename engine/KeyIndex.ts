@@ -81,6 +81,40 @@ export class KeyIndex {
     this.tomb[s] = tombstone ? 1 : 0
   }
 
+  /** Segment of the record the last successful `replaceIfNewer` displaced, or -1 if none. */
+  replacedSegment = -1
+  /** Size of that record. */
+  replacedSize = 0
+
+  /**
+   * Points `key` at a record unless the index holds one with an equal or higher LSN; one Map
+   * lookup and no allocation (the write path's hot loop). On success, `replacedSegment` and
+   * `replacedSize` describe the record displaced.
+   */
+  replaceIfNewer(key: string, segment: number, offset: number, size: number, lsn: number, tombstone: boolean): boolean {
+    let s = this.map.get(key)
+    if (s === undefined) {
+      this.replacedSegment = -1
+      this.replacedSize = 0
+      s = this.free.pop()
+      if (s === undefined) {
+        if (this.used === this.seg.length) this.grow()
+        s = this.used++
+      }
+      this.map.set(key, s)
+    } else {
+      if (this.lsns[s]! >= lsn) return false
+      this.replacedSegment = this.seg[s]!
+      this.replacedSize = this.len[s]!
+    }
+    this.seg[s] = segment
+    this.off[s] = offset
+    this.len[s] = size
+    this.lsns[s] = lsn
+    this.tomb[s] = tombstone ? 1 : 0
+    return true
+  }
+
   /** Removes `key`. */
   delete(key: string): boolean {
     const s = this.map.get(key)

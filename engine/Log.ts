@@ -161,6 +161,7 @@ export class Log {
   nextSegmentId = 1
   private pending: Pending[] = []
   private flushing = false
+  private flushQueued = false
   private failed: EngineClosed | undefined
   private closed = false
   /** Newest record per key of the active segment, for its hint file. */
@@ -394,7 +395,21 @@ export class Log {
     const buf = Buffer.allocUnsafe(encodedSize(k.length, mlen, vlen))
     encodeInto({ type, lsn, timestamp, key: k, meta, value }, buf, 0)
     this.pending.push({ buf, key, lsn, timestamp, type, cb })
-    if (!this.flushing) this.flush()
+    this.scheduleFlush()
+  }
+
+  /**
+   * Starts a flush at the end of this microtask checkpoint, unless one runs: writers resumed
+   * by the last commit (promise continuations) append first and share the next batch,
+   * instead of the first of them being flushed alone.
+   */
+  private scheduleFlush(): void {
+    if (this.flushing || this.flushQueued) return
+    this.flushQueued = true
+    queueMicrotask(() => {
+      this.flushQueued = false
+      if (!this.flushing) this.flush()
+    })
   }
 
   private flush(): void {
@@ -474,18 +489,18 @@ export class Log {
     for (const p of batch) p.cb(undefined, { lsn: p.lsn, timestamp: p.timestamp })
     for (const w of this.waiters.splice(0)) w()
     this.flushing = false
-    this.flush()
+    if (this.pending.length > 0) this.scheduleFlush()
+    else for (const d of this.drained.splice(0)) d()
   }
 
   /** Points the index at a newer record, keeping per-segment live bytes exact. */
   place(key: string, seg: Segment, offset: number, size: number, lsn: number, tombstone: boolean): boolean {
-    const old = this.index.get(key)
-    if (old !== undefined) {
-      if (old.lsn >= lsn) return false
-      const os = this.segments.get(old.segment)
-      if (os !== undefined) os.live -= old.size
+    const idx = this.index
+    if (!idx.replaceIfNewer(key, seg.id, offset, size, lsn, tombstone)) return false
+    if (idx.replacedSegment >= 0) {
+      const os = this.segments.get(idx.replacedSegment)
+      if (os !== undefined) os.live -= idx.replacedSize
     }
-    this.index.set(key, seg.id, offset, size, lsn, tombstone)
     seg.live += size
     return true
   }
