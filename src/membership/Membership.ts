@@ -90,6 +90,9 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   let state = stored === undefined
     ? (config.seeds.length === 0 && (config.seedPeers ?? []).length === 0 ? State.founding(self, config.n, config.partitions) : { n: config.n, partitions: config.partitions, members: [self], events: [] })
     : State.join(stored, self)
+  // One clock for heartbeats and verdicts: the Effect Clock, so a TestClock drives both.
+  const clock = yield* Clock.Clock
+  const nowMs = () => clock.currentTimeMillisUnsafe()
   const detector = new FailureDetector()
   const upListeners: Array<(id: string) => void> = []
   const lastStatus = new Map<string, NodeStatus>()
@@ -100,18 +103,18 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
     if (!State.adds(state, other)) return
     const known = new Set(state.members.map((m) => m.id))
     state = State.merge(state, other)
-    for (const m of state.members) if (!known.has(m.id)) detector.heartbeat(m.id, Date.now())
+    for (const m of state.members) if (!known.has(m.id)) detector.heartbeat(m.id, nowMs())
     persist()
   }
   persist()
 
-  const now = () => Clock.currentTimeMillis
+  const now = () => Effect.sync(nowMs)
   const peerOf = (m: State.MemberInfo): Peer => ({ id: m.id, host: m.host, port: m.clusterPort })
   const others = () => state.members.filter((m) => m.id !== self.id)
 
   const status = (id: string): NodeStatus => {
     if (id === self.id) return "up"
-    return detector.status(id, Date.now())
+    return detector.status(id, nowMs())
   }
 
   const noteStatus = (id: string) => {
@@ -211,7 +214,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
 
   // Optimistic start: a known member counts as up until the detector has heard otherwise, so a
   // restarted node routes normally at once; requests to a dead one fail and fall back anyway.
-  const t0 = Date.now()
+  const t0 = nowMs()
   for (const m of others()) detector.heartbeat(m.id, t0)
   yield* Effect.suspend(() => Effect.forEach(others(), heartbeatOne, { concurrency: "unbounded", discard: true })).pipe(
     Effect.repeat(Schedule.spaced(heartbeatMs)),
