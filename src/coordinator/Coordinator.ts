@@ -202,9 +202,13 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     Effect.gen(function*() {
       const { prefs, walk } = placement(key)
       if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, prefs, walk)
-      const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: q.timeoutMs }
+      // The request's timeout bounds all forwarding attempts together, not each one.
+      const deadline = Date.now() + q.timeoutMs
       for (const p of prefs.filter(usable)) {
-        const reply = yield* call(p, msg, q.timeoutMs).pipe(Effect.exit)
+        const left = deadline - Date.now()
+        if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
+        const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: left }
+        const reply = yield* call(p, msg, left).pipe(Effect.exit)
         if (Exit.isSuccess(reply)) {
           const r = reply.value
           const object = r.t === "coorded" ? decodeObject(r.object) : undefined
@@ -216,7 +220,9 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
         if (err !== undefined && err._tag === "Fail" && err.error instanceof ApiError) return yield* err.error
       }
       if (!q.sloppy) return yield* notMet(Math.min(q.count, prefs.length), 0, false, q.timeoutMs)
-      return yield* coordinate(key, context, sibling, q, prefs, walk)
+      const left = deadline - Date.now()
+      if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
+      return yield* coordinate(key, context, sibling, { ...q, timeoutMs: left }, prefs, walk)
     })
 
   const get = (key: string, q: Quorum): Effect.Effect<ReadResult, ApiError> =>

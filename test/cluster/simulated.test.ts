@@ -40,3 +40,32 @@ t.test("three nodes over a simulated network: join, replicate, partition, hand o
   }
   void b
 })
+
+t.test("a forwarded write gives up within the request's timeout, however many primaries it tries", async (t) => {
+  const network = new MemoryNetwork()
+  const nodes: AssembledNode[] = []
+  t.teardown(() => Promise.all(nodes.map((n) => n.close())))
+  const ids = ["m1", "m2", "m3", "m4"]
+  for (const id of ids) {
+    nodes.push(await assembleNode(testSettings({ id, data: `/data/${id}`, logLevel: "silent" }), { memory: true, network, logStream: quiet(), ...(id === "m1" ? {} : { seedIds: ["m1"] }) }))
+  }
+  const view = async (n: AssembledNode) => (await n.app.inject({ method: "GET", url: "/admin/cluster" })).json() as { nodes: Array<{ status: string }>; owners: string[] }
+  await eventually("a ring of four", async () => {
+    const vs = await Promise.all(nodes.map(view))
+    return vs.every((v) => v.nodes.length === 4 && v.nodes.every((m) => m.status === "up") && v.owners.join() === vs[0]!.owners.join()) ? true : undefined
+  })
+  // A key m4 does not replicate, so m4 must forward its write to a primary.
+  const { partitionOf, preferenceList } = await import("../../src/ring/Ring.ts")
+  const owners = (await view(nodes[3]!)).owners
+  const ring = { partitions: owners.length, owners, version: 0, members: [...new Set(owners)].sort() }
+  let key = ""
+  for (let i = 0; key === ""; i++) if (!preferenceList(ring, partitionOf(`f${i}`, owners.length), 3).includes("m4")) key = `f${i}`
+  // Cut m4 off before its failure detector notices: every primary still looks up to it.
+  network.partition("m4", ["m1", "m2", "m3"])
+  const started = Date.now()
+  const res = await nodes[3]!.app.inject({ method: "PUT", url: `/kv/${key}?timeout=300`, payload: "v" })
+  const took = Date.now() - started
+  t.equal(res.statusCode, 504, "timeout")
+  t.equal(res.json().error, "timeout")
+  t.ok(took < 800, `answered after ${took} ms, not 3 x 300 ms`)
+})
