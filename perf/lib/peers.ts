@@ -26,6 +26,22 @@ export interface PeerResult {
 
 const LOAD_CHUNK = 10_000
 
+/** Bulk-loads with `load`, closes, then times `reopen`: load rate, RSS growth per key, open time. */
+const loadAndReopen = async (keys: number, load: () => Promise<void> | void, close: () => Promise<void>, reopen: () => Promise<void>) => {
+  await settle()
+  const rss0 = process.memoryUsage().rss
+  const t0 = performance.now()
+  await load()
+  const loadPerSecond = keys / ((performance.now() - t0) / 1000)
+  await settle()
+  const rssBytesPerKey = (process.memoryUsage().rss - rss0) / keys
+  await close()
+  await settle()
+  const o0 = performance.now()
+  await reopen()
+  return { loadPerSecond, rssBytesPerKey, openMs: performance.now() - o0 }
+}
+
 /** lmdb with binary values; `overlappingSync: false` so a put resolves only after its commit is synced. */
 export const runLmdb = async (o: RunOptions): Promise<PeerResult> => {
   const tmp = tempDir("lmdb")
@@ -34,26 +50,25 @@ export const runLmdb = async (o: RunOptions): Promise<PeerResult> => {
   try {
     progress(`lmdb: loading ${o.keys} keys`)
     db = open<Buffer, string>(options)
-    await settle()
-    const rss0 = process.memoryUsage().rss
-    const t0 = performance.now()
-    for (let from = 0; from < o.keys; from += LOAD_CHUNK) {
-      const to = Math.min(o.keys, from + LOAD_CHUNK)
-      db.transactionSync(() => {
-        for (let i = from; i < to; i++) db!.putSync(keyOf(i), valueOf(i))
-      })
-    }
-    const loadPerSecond = o.keys / ((performance.now() - t0) / 1000)
-    await settle()
-    const rss1 = process.memoryUsage().rss
-    await db.close()
-    db = undefined
-    await settle()
-
-    const o0 = performance.now()
-    db = open<Buffer, string>(options)
-    if (db.get(o.readKeys[0]!) === undefined) throw new Error("lmdb: key missing after reopen")
-    const openMs = performance.now() - o0
+    const { loadPerSecond, rssBytesPerKey, openMs } = await loadAndReopen(
+      o.keys,
+      () => {
+        for (let from = 0; from < o.keys; from += LOAD_CHUNK) {
+          const to = Math.min(o.keys, from + LOAD_CHUNK)
+          db!.transactionSync(() => {
+            for (let i = from; i < to; i++) db!.putSync(keyOf(i), valueOf(i))
+          })
+        }
+      },
+      async () => {
+        await db!.close()
+        db = undefined
+      },
+      async () => {
+        db = open<Buffer, string>(options)
+        if (db.get(o.readKeys[0]!) === undefined) throw new Error("lmdb: key missing after reopen")
+      }
+    )
 
     progress("lmdb: reads")
     const keys = o.readKeys
@@ -97,7 +112,7 @@ export const runLmdb = async (o: RunOptions): Promise<PeerResult> => {
     return {
       durability: "overlappingSync: false (put resolves after its commit is fsynced)",
       loadPerSecond,
-      rssBytesPerKey: (rss1 - rss0) / o.keys,
+      rssBytesPerKey,
       openMs,
       reads: { main },
       puts,
@@ -120,26 +135,25 @@ export const runClassicLevel = async (o: RunOptions): Promise<PeerResult> => {
     progress(`classic-level: loading ${o.keys} keys`)
     db = new ClassicLevel<string, Buffer>(location, options)
     await db.open()
-    await settle()
-    const rss0 = process.memoryUsage().rss
-    const t0 = performance.now()
-    for (let from = 0; from < o.keys; from += LOAD_CHUNK) {
-      const ops: Array<{ type: "put"; key: string; value: Buffer }> = []
-      for (let i = from; i < Math.min(o.keys, from + LOAD_CHUNK); i++) ops.push({ type: "put", key: keyOf(i), value: valueOf(i) })
-      await db.batch(ops)
-    }
-    const loadPerSecond = o.keys / ((performance.now() - t0) / 1000)
-    await settle()
-    const rss1 = process.memoryUsage().rss
-    await db.close()
-    db = undefined
-    await settle()
-
-    const o0 = performance.now()
-    db = new ClassicLevel<string, Buffer>(location, options)
-    await db.open()
-    if ((await db.get(o.readKeys[0]!)) === undefined) throw new Error("classic-level: key missing after reopen")
-    const openMs = performance.now() - o0
+    const { loadPerSecond, rssBytesPerKey, openMs } = await loadAndReopen(
+      o.keys,
+      async () => {
+        for (let from = 0; from < o.keys; from += LOAD_CHUNK) {
+          const ops: Array<{ type: "put"; key: string; value: Buffer }> = []
+          for (let i = from; i < Math.min(o.keys, from + LOAD_CHUNK); i++) ops.push({ type: "put", key: keyOf(i), value: valueOf(i) })
+          await db!.batch(ops)
+        }
+      },
+      async () => {
+        await db!.close()
+        db = undefined
+      },
+      async () => {
+        db = new ClassicLevel<string, Buffer>(location, options)
+        await db.open()
+        if ((await db.get(o.readKeys[0]!)) === undefined) throw new Error("classic-level: key missing after reopen")
+      }
+    )
 
     const keys = o.readKeys
     const mask = keys.length - 1
@@ -182,7 +196,7 @@ export const runClassicLevel = async (o: RunOptions): Promise<PeerResult> => {
     return {
       durability: "{ sync: true } on every put",
       loadPerSecond,
-      rssBytesPerKey: (rss1 - rss0) / o.keys,
+      rssBytesPerKey,
       openMs,
       reads: { main, getSync: sync, getMany64: many },
       puts
