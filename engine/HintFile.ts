@@ -90,9 +90,16 @@ export const readHintHeader = (buf: Buffer): HintHeader | undefined => {
  * Returns false (after possibly calling `f` for a prefix) if the entries do not fit the
  * declared count exactly; the caller then discards what it applied and scans instead.
  */
-export const forEachHint = (
+export const forEachHint = (buf: Buffer, f: HintVisitor): boolean => walkHint(buf, f)
+
+/** Whether the entries of an accepted hint file fit its declared count exactly (keys not decoded). */
+export const hintFits = (buf: Buffer): boolean => walkHint(buf, undefined)
+
+type HintVisitor = (key: string, lsn: number, offset: number, size: number, tombstone: boolean) => void
+
+const walkHint = (
   buf: Buffer,
-  f: (key: string, lsn: number, offset: number, size: number, tombstone: boolean) => void
+  f: HintVisitor | undefined
 ): boolean => {
   const count = buf.readUInt32LE(12)
   const end = buf.length - 4
@@ -102,7 +109,7 @@ export const forEachHint = (
     const keyLen = buf.readUInt16LE(p + 16)
     const flags = buf[p + 18]!
     if (keyLen === 0 || flags > 1 || p + ENTRY_FIXED + keyLen > end) return false
-    f(buf.toString("utf8", p + ENTRY_FIXED, p + ENTRY_FIXED + keyLen), r64(buf, p), buf.readUInt32LE(p + 8), buf.readUInt32LE(p + 12), flags === 1)
+    f?.(buf.toString("utf8", p + ENTRY_FIXED, p + ENTRY_FIXED + keyLen), r64(buf, p), buf.readUInt32LE(p + 8), buf.readUInt32LE(p + 12), flags === 1)
     p += ENTRY_FIXED + keyLen
   }
   return p === end

@@ -131,13 +131,6 @@ export class KeyIndex {
     }
   }
 
-  /** Calls `f` for every key whose record lives in `segment`, without allocating locations. */
-  forEachIn(segment: number, f: (key: string, offset: number, size: number, lsn: number, tombstone: boolean) => void): void {
-    for (const [key, s] of this.map) {
-      if (this.seg[s] === segment) f(key, this.off[s]!, this.len[s]!, this.lsns[s]!, this.tomb[s] === 1)
-    }
-  }
-
   /** Keys in no particular order. */
   keys(): IterableIterator<string> {
     return this.map.keys()

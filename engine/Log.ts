@@ -13,7 +13,7 @@ import * as path from "node:path"
 import { crc32 } from "node:zlib"
 import { fromFsError, CorruptRecord, DataDirLocked, EngineClosed, InvalidKey, ValueTooLarge, type DiskFull, type IoError } from "./Errors.ts"
 import { writeFileDurable, type FilesApi } from "./Files.ts"
-import { encodeHint, forEachHint, readHintHeader, type HintEntry } from "./HintFile.ts"
+import { encodeHint, forEachHint, hintFits, readHintHeader, type HintEntry } from "./HintFile.ts"
 import { KeyIndex } from "./KeyIndex.ts"
 import { decodeValid, encodeInto, encodedSize, MAX_KEY_BYTES, probe, RecordType } from "./Record.ts"
 import { scan, type Damage } from "./Recovery.ts"
@@ -288,7 +288,7 @@ export class Log {
       return false
     }
     const h = readHintHeader(buf)
-    if (h === undefined || h.segment !== seg.id || h.segmentSize !== seg.size || !forEachHint(buf, () => {})) return false
+    if (h === undefined || h.segment !== seg.id || h.segmentSize !== seg.size || !hintFits(buf)) return false
     forEachHint(buf, (key, lsn, offset, size, tomb) => {
       if (lsn > this.index.lsnOf(key)) this.index.set(key, seg.id, offset, size, lsn, tomb)
     })

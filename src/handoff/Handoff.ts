@@ -15,7 +15,7 @@ import { RecordType } from "../../engine/Record.ts"
 import { apiError, type ApiError } from "../Errors.ts"
 import { KeyLocks } from "../replica/KeyLocks.ts"
 import * as Dvv from "../versions/Dvv.ts"
-import { allDeleted, decodeObject, encodeObject, type StoredObject } from "../versions/Sibling.ts"
+import { allDeleted, decodeObject, encodeObject, objectBytes, type StoredObject } from "../versions/Sibling.ts"
 
 /** Handoff settings. */
 export interface HandoffConfig {
@@ -95,7 +95,7 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
   const readIn = (p: Parked, key: string): StoredObject | undefined => {
     const e = p.log.read(key)
     if (e === undefined) return undefined
-    return decodeObject(e.type === RecordType.Tombstone ? e.meta : e.value)
+    return decodeObject(objectBytes(e))
   }
 
   const append = (p: Parked, key: string, o: StoredObject) =>
@@ -123,7 +123,7 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
       if (page.length === 0) return Effect.succeed(0)
       const batch: HandoffBatch = {
         t: "handoff",
-        records: page.map((e) => ({ key: e.key, object: e.type === RecordType.Tombstone ? e.meta : e.value }))
+        records: page.map((e) => ({ key: e.key, object: objectBytes(e) }))
       }
       return ship(p.owner, batch).pipe(
         Effect.tapError(() => Effect.sync(() => (p.cursor = undefined))),

@@ -10,7 +10,7 @@ import pino from "pino"
 import { Engine } from "../../engine/Engine.ts"
 import { buildServer } from "../api/Server.ts"
 import type { ApiError } from "../Errors.ts"
-import type { NodeSettings } from "../config/Settings.ts"
+import type { LiveSettingsShape, NodeSettings } from "../config/Settings.ts"
 import { makeMemoryFiles, nodeFilesApi } from "../../engine/Files.ts"
 import { Coordinator } from "../coordinator/Coordinator.ts"
 import { isDataMessage } from "../coordinator/Messages.ts"
@@ -19,15 +19,6 @@ import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
 import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
-
-/** Settings that apply without a restart. */
-export interface LiveSettingsShape {
-  readonly r: number
-  readonly w: number
-  readonly logLevel: NodeSettings["logLevel"]
-  readonly maxValueBytes: number
-  readonly compaction: Partial<Pick<NodeSettings["compaction"], "deadRatio" | "deadBytes" | "smallBytes" | "tombstoneGraceMs">>
-}
 
 /** A started node. */
 export interface RunningNode {

@@ -9,10 +9,9 @@
 import { Context, Effect, Layer, Option } from "effect"
 import { Engine } from "../../engine/Engine.ts"
 import type { EngineError } from "../../engine/Errors.ts"
-import { RecordType } from "../../engine/Record.ts"
 import { apiError, fromEngineError, type ApiError } from "../Errors.ts"
 import * as Dvv from "../versions/Dvv.ts"
-import { allDeleted, decodeObject, encodeObject, type Sibling, type StoredObject } from "../versions/Sibling.ts"
+import { allDeleted, decodeObject, encodeObject, objectBytes, type Sibling, type StoredObject } from "../versions/Sibling.ts"
 import { KeyLocks } from "./KeyLocks.ts"
 
 /** Replica limits. */
@@ -79,7 +78,7 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
       Effect.flatMap((found) => {
         if (Option.isNone(found)) return Effect.succeed(undefined)
         const e = found.value
-        const bytes = e.type === RecordType.Tombstone ? e.meta : e.value
+        const bytes = objectBytes(e)
         const object = decodeObject(bytes)
         return object === undefined
           ? Effect.fail(apiError("storage_error", `the stored object of key ${JSON.stringify(key)} is not readable`))
@@ -113,10 +112,10 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
 
   const merge = (key: string, incoming: StoredObject) =>
     locks.with(key, Effect.gen(function*() {
-      const local = yield* readNow(key)
-      const merged = local === undefined ? incoming : Dvv.sync(local, incoming)
+      const local = yield* readEncoded(key)
+      const merged = local === undefined ? incoming : Dvv.sync(local.object, incoming)
       const bytes = encodeObject(merged)
-      if (local === undefined || Buffer.compare(bytes, encodeObject(local)) !== 0) yield* store(key, merged, bytes)
+      if (local === undefined || Buffer.compare(bytes, local.bytes) !== 0) yield* store(key, merged, bytes)
       return { object: merged, bytes: bytes.length }
     }))
 

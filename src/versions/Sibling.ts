@@ -6,6 +6,7 @@
  * Sibling bytes: flags u8 (1 = deleted), lastModified f64 ms, content-type length u8 and
  * ASCII, then the value to the end.
  */
+import { RecordType } from "../../engine/Record.ts"
 import * as Dvv from "./Dvv.ts"
 
 /** A stored version. */
@@ -54,6 +55,10 @@ export const decodeObject = (b: Uint8Array): StoredObject | undefined => Dvv.dec
 
 /** The siblings a client sees: deletes are hidden (the context still covers them). */
 export const liveSiblings = (o: StoredObject): Sibling[] => Dvv.values(o).filter((s) => !s.deleted)
+
+/** The stored bytes of an object record: a tombstone keeps them in its metadata. */
+export const objectBytes = (e: { readonly type: RecordType; readonly meta: Uint8Array; readonly value: Uint8Array }): Uint8Array =>
+  e.type === RecordType.Tombstone ? e.meta : e.value
 
 /** Whether every version is a delete (the object is stored as an engine tombstone). */
 export const allDeleted = (o: StoredObject): boolean => Dvv.values(o).every((s) => s.deleted)
