@@ -1,12 +1,22 @@
 /**
  * Compaction (Bitcask's merge): rewrites sealed segments that are mostly dead into new
  * segments holding only their live records, in LSN order, while reads and writes go on.
+ * Off the request path: records are copied in slices of about 1 MiB with a turn of the
+ * event loop between slices (and a rate limit, if set); writes, fsyncs and renames are
+ * asynchronous; only the index swap is synchronous, so no reader sees half of it.
  *
- * Crash safety, step by step: outputs are written as `.tmp` and fsynced; then the MERGE
- * manifest (inputs -> outputs) is written durably, which is the commit point; then outputs
- * are renamed, the index swapped (synchronously, so no reader sees a half swap), inputs
- * unlinked, and the manifest removed. A crash before the manifest leaves only `.tmp` files,
- * deleted at start-up; after it, start-up rolls the compaction forward (Log.finishCompaction).
+ * Crash safety, step by step:
+ *   1. outputs are written as `<id>.seg.tmp` (each record re-framed under the output's salt),
+ *      fsynced, and read back against the CRC-32 computed while writing them;
+ *   2. STATE records that history through the inputs' LSNs may now be gone (for `changes`);
+ *   3. the MERGE manifest (inputs, and each output's size and CRC) is written durably: the
+ *      commit point;
+ *   4. outputs are renamed, the directory synced, the index swapped, inputs unlinked, the
+ *      directory synced, the manifest removed.
+ * A crash before 3 leaves only `.tmp` files, deleted at start-up. After 3, start-up finishes
+ * the compaction (`finishCompaction`): every step is idempotent, and no input is deleted
+ * before every output has been checked against the manifest. In a running engine an error
+ * after 3 makes the log fail-stop: the next start finishes the work.
  *
  * Tombstones: one is dropped only if it is older than the grace period, no segment outside
  * this compaction could hold an older record of its key (every such segment starts at a
@@ -15,9 +25,16 @@
  * dropped a tombstone resurrected the deleted value from an older file).
  */
 import * as path from "node:path"
-import { writeFileDurable } from "./Files.ts"
-import type { HintEntry } from "./HintFile.ts"
-import { encodeManifest, MERGE_MANIFEST, type Log, type Segment } from "./Log.ts"
+import { crc32 } from "node:zlib"
+import { CorruptFile } from "./Errors.ts"
+import { writeFileDurableAsync, type FilesApi } from "./Files.ts"
+import { encodeHint, type HintEntry } from "./HintFile.ts"
+import { decodeManifest, encodeManifest, encodeState, MERGE_MANIFEST, STATE_FILE, type Manifest } from "./Manifest.ts"
+import type { Log, Segment } from "./Log.ts"
+import { reseal, timestampAt } from "./Record.ts"
+import { scan } from "./Recovery.ts"
+import { classify, SEGMENT_HEADER_BYTES } from "./SegmentHeader.ts"
+import { hintName, makeSegmentAsync, segName } from "./SegmentFile.ts"
 
 /** What one compaction did. */
 export interface CompactionResult {
@@ -37,158 +54,271 @@ interface Live {
   readonly size: number
   readonly lsn: number
   readonly tombstone: boolean
+  readonly partition: number
+  readonly hashHi: number
+  readonly hashLo: number
 }
+
+/** Dead bytes of a segment: its records the index no longer points at. */
+const deadBytes = (s: Segment) => s.size - s.dataStart - s.live
 
 /** Sealed segments worth compacting now under the log's thresholds, oldest first. */
 export const selectInputs = (log: Log, full = false): Segment[] => {
   const c = log.config
   const sealed = [...log.segments.values()].filter((s) => s.sealed && !s.removed && s !== log.active)
   if (full) return sealed.length > 0 ? sealed : []
-  const dead = (s: Segment) => s.size - s.live
-  const picked = sealed.filter((s) => s.damaged > 0 || dead(s) >= c.compactDeadBytes || (s.size > 0 && dead(s) / s.size >= c.compactDeadRatio))
+  const picked = sealed.filter((s) => s.damaged > 0 || s.kind === "legacy" || deadBytes(s) >= c.compactDeadBytes || (s.size > s.dataStart && deadBytes(s) / (s.size - s.dataStart) >= c.compactDeadRatio))
   const small = sealed.filter((s) => s.size < c.compactSmallBytes && !picked.includes(s))
   if (small.length >= 2 || (small.length === 1 && picked.length > 0)) picked.push(...small)
   return picked.sort((a, b) => a.id - b.id)
 }
 
-const YIELD_EVERY = 2000
-const yieldTurn = () => new Promise<void>((resolve) => setImmediate(resolve))
+const SLICE_BYTES = 1024 * 1024
+const yieldTurn = (log: Log) => log.config.sleep(0)
+
+/** Test seams: called at the named steps, so a test can crash the process or fail I/O there. */
+export interface CompactionHooks {
+  readonly beforeManifest?: () => void
+  readonly afterManifest?: () => void
+  readonly afterRename?: () => void
+  readonly beforeUnlink?: () => void
+}
+
+interface Out {
+  readonly seg: Segment
+  readonly tmp: string
+  crc: number
+  hints: HintEntry[]
+  moved: Live[]
+  at: number[]
+}
 
 /**
  * Compacts `inputs` (from `selectInputs`). Returns undefined when there is nothing to do.
- * `abort()` true stops it between slices, leaving only `.tmp` files to delete.
+ * `abort()` true stops it between slices, before the commit point, leaving only `.tmp`
+ * files, which it deletes.
  */
 export const compact = async (log: Log, inputs: Segment[], abort: () => boolean = () => false, hooks: CompactionHooks = {}): Promise<CompactionResult | undefined> => {
   if (inputs.length === 0) return undefined
+  const { files } = log
   const dir = log.config.dir
   const inputSet = new Set(inputs.map((s) => s.id))
   const live: Live[] = []
   for (const [key, loc] of log.index.entries()) {
-    if (inputSet.has(loc.segment)) live.push({ key, seg: log.segments.get(loc.segment)!, offset: loc.offset, size: loc.size, lsn: loc.lsn, tombstone: loc.tombstone })
+    if (inputSet.has(loc.segment)) live.push({ key, seg: log.segments.get(loc.segment)!, ...loc })
   }
   live.sort((a, b) => a.lsn - b.lsn)
   const outside = [...log.segments.values()].filter((s) => !inputSet.has(s.id) && s.maxLsn >= 0)
   const oldestOutside = Math.min(...outside.map((s) => s.minLsn))
   const newerSurvives = outside.length > 0
   const graceEnd = log.config.now() - log.config.tombstoneGraceMs
+  const inputsThrough = Math.max(...inputs.map((s) => s.maxLsn))
 
-  interface Out { id: number; fd: number; tmp: string; size: number; minLsn: number; maxLsn: number; hints: HintEntry[]; moved: Live[]; at: number[] }
   const outs: Out[] = []
   let cur: Out | undefined
   let dropped = 0
   let damaged = 0
-  const droppedTombs: Live[] = []
-  const damagedKeys: Live[] = []
+  const forget: Live[] = []
   const cleanup = () => {
     for (const o of outs) {
       try {
-        log.files.close(o.fd)
+        files.close(o.seg.fd)
       } catch {
         // already closed
       }
       try {
-        log.files.unlink(o.tmp)
+        files.unlink(o.tmp)
       } catch {
         // already gone
       }
     }
   }
+  const newOutput = async (): Promise<Out> => {
+    const id = log.nextSegmentId++
+    const tmp = `${log.pathOf(id, "seg")}.tmp`
+    const seg = await makeSegmentAsync({ files, dir, id, kind: "compacted", now: log.config.now, random: log.config.random, preallocate: 0, file: tmp })
+    const head = Buffer.alloc(SEGMENT_HEADER_BYTES)
+    files.read(seg.fd, head, 0, head.length, 0)
+    const o: Out = { seg, tmp, crc: crc32(head), hints: [], moved: [], at: [] }
+    outs.push(o)
+    return o
+  }
   try {
-    for (let i = 0; i < live.length; i++) {
-      if (i % YIELD_EVERY === YIELD_EVERY - 1) {
-        await yieldTurn()
+    let slice = 0
+    const started = log.config.now()
+    let copied = 0
+    for (const rec of live) {
+      if (slice >= SLICE_BYTES) {
+        slice = 0
+        const rate = log.config.compactBytesPerSecond
+        const ahead = rate > 0 ? (copied / rate) * 1000 - (log.config.now() - started) : 0
+        await log.config.sleep(Math.max(0, ahead))
         if (abort()) {
           cleanup()
           return undefined
         }
       }
-      const rec = live[i]!
       if (rec.seg.removed) continue
       const raw = log.readRaw(rec.seg, rec.offset, rec.size)
       if (raw === undefined) {
         damaged++
-        damagedKeys.push(rec)
+        forget.push(rec)
         continue
       }
-      if (rec.tombstone && newerSurvives && oldestOutside > rec.lsn && tombTime(raw) <= graceEnd) {
+      if (rec.tombstone && newerSurvives && oldestOutside > rec.lsn && timestampAt(raw, 0) <= graceEnd) {
         dropped++
-        droppedTombs.push(rec)
+        forget.push(rec)
         continue
       }
-      if (cur === undefined || (cur.size > 0 && cur.size + rec.size > log.config.maxSegmentBytes)) {
-        const id = log.nextSegmentId++
-        const tmp = `${log.pathOf(id, "seg")}.tmp`
-        cur = { id, fd: log.files.open(tmp, true), tmp, size: 0, minLsn: Infinity, maxLsn: -1, hints: [], moved: [], at: [] }
-        outs.push(cur)
-      }
-      log.files.writeAll(cur.fd, raw, 0, raw.length, cur.size)
-      cur.hints.push({ key: rec.key, lsn: rec.lsn, offset: cur.size, size: rec.size, tombstone: rec.tombstone })
+      if (cur === undefined || (cur.seg.size > cur.seg.dataStart && cur.seg.size + rec.size > log.config.maxSegmentBytes)) cur = await newOutput()
+      reseal(raw, 0, rec.size, rec.partition, cur.seg.salt)
+      await files.writeAllAsync(cur.seg.fd, raw, 0, raw.length, cur.seg.size)
+      cur.crc = crc32(raw, cur.crc)
+      cur.hints.push({ key: rec.key, lsn: rec.lsn, offset: cur.seg.size, size: rec.size, tombstone: rec.tombstone, partition: rec.partition, hashHi: rec.hashHi, hashLo: rec.hashLo })
       cur.moved.push(rec)
-      cur.at.push(cur.size)
-      cur.size += rec.size
-      cur.minLsn = Math.min(cur.minLsn, rec.lsn)
-      cur.maxLsn = Math.max(cur.maxLsn, rec.lsn)
+      cur.at.push(cur.seg.size)
+      cur.seg.size += rec.size
+      cur.seg.minLsn = Math.min(cur.seg.minLsn, rec.lsn)
+      cur.seg.maxLsn = Math.max(cur.seg.maxLsn, rec.lsn)
+      slice += rec.size
+      copied += rec.size
     }
-    for (const o of outs) log.files.datasyncSync(o.fd)
+    for (const o of outs) {
+      await files.datasync(o.seg.fd)
+      if (await fileCrc(log, o.seg.fd, o.seg.size) !== o.crc) {
+        throw new CorruptFile({ file: o.tmp, message: `compaction output ${o.tmp} did not read back as written; compaction abandoned, nothing changed` })
+      }
+    }
     hooks.beforeManifest?.()
     if (abort()) {
       cleanup()
       return undefined
     }
-    writeFileDurable(log.files, path.join(dir, MERGE_MANIFEST), encodeManifest({ inputs: [...inputSet], outputs: outs.map((o) => o.id) }))
+    if (inputsThrough > log.compactedThrough) {
+      log.compactedThrough = inputsThrough
+      await writeFileDurableAsync(files, path.join(dir, STATE_FILE), encodeState({ compactedThrough: log.compactedThrough, drops: log.drops }))
+    }
+    await writeFileDurableAsync(files, path.join(dir, MERGE_MANIFEST), encodeManifest({ inputs: [...inputSet], outputs: outs.map((o) => ({ id: o.seg.id, size: o.seg.size, crc: o.crc })) }))
   } catch (e) {
     cleanup()
     throw e
   }
-  // Committed: from here a crash rolls forward.
-  hooks.afterManifest?.()
-  for (const o of outs) {
-    log.files.close(o.fd)
-    log.files.rename(o.tmp, log.pathOf(o.id, "seg"))
-  }
-  log.files.syncDir(dir)
-  const bytesBefore = inputs.reduce((n, s) => n + s.size, 0)
-  for (const o of outs) {
-    const seg = log.adoptSegment(o.id, o.size, o.minLsn, o.maxLsn)
-    for (let i = 0; i < o.moved.length; i++) {
-      const m = o.moved[i]!
-      const loc = log.index.get(m.key)
-      if (loc !== undefined && loc.lsn === m.lsn) {
-        log.index.set(m.key, seg.id, o.at[i]!, m.size, m.lsn, m.tombstone)
-        seg.live += m.size
+  // Committed: from here an error leaves the work to the next start, which rolls it forward.
+  try {
+    hooks.afterManifest?.()
+    for (const o of outs) await files.renameAsync(o.tmp, log.pathOf(o.seg.id, "seg"))
+    await files.syncDirAsync(dir)
+    hooks.afterRename?.()
+    const bytesBefore = inputs.reduce((n, s) => n + s.size, 0)
+    for (const o of outs) {
+      const seg: Segment = { ...o.seg, file: log.pathOf(o.seg.id, "seg") }
+      log.addSegment(seg)
+      for (let i = 0; i < o.moved.length; i++) {
+        const m = o.moved[i]!
+        if (log.index.lsnOf(m.key) === m.lsn) {
+          log.index.move(m.key, seg.id, o.at[i]!)
+          seg.live += m.size
+        }
       }
     }
-    log.sealHint(seg, o.hints)
-  }
-  for (const t of [...droppedTombs, ...damagedKeys]) {
-    if (log.index.lsnOf(t.key) === t.lsn) log.index.delete(t.key)
-  }
-  hooks.beforeUnlink?.()
-  for (const s of inputs) log.dropSegment(s)
-  log.files.syncDir(dir)
-  log.files.unlink(path.join(dir, MERGE_MANIFEST))
-  log.files.syncDir(dir)
-  const bytesAfter = outs.reduce((n, o) => n + o.size, 0)
-  log.stats.compactions++
-  log.stats.compactedBytes += bytesBefore
-  log.stats.reclaimedBytes += bytesBefore - bytesAfter
-  log.stats.droppedTombstones += dropped
-  return {
-    inputs: [...inputSet],
-    outputs: outs.map((o) => o.id),
-    bytesBefore,
-    bytesAfter,
-    liveRecords: live.length - dropped - damaged,
-    droppedTombstones: dropped,
-    damagedRecords: damaged
+    for (const t of forget) if (log.index.lsnOf(t.key) === t.lsn) log.index.delete(t.key)
+    for (const s of inputs) s.removed = true
+    for (const o of outs) {
+      const seg = log.segments.get(o.seg.id)!
+      await writeFileDurableAsync(files, log.pathOf(seg.id, "hint"), hintBytes(seg, o.hints)).catch(() => undefined)
+    }
+    hooks.beforeUnlink?.()
+    for (const s of inputs) log.dropSegment(s)
+    await files.syncDirAsync(dir)
+    await files.unlinkAsync(path.join(dir, MERGE_MANIFEST))
+    await files.syncDirAsync(dir)
+    const bytesAfter = outs.reduce((n, o) => n + o.seg.size, 0)
+    log.stats.compactions++
+    log.stats.compactedBytes += bytesBefore
+    log.stats.reclaimedBytes += bytesBefore - bytesAfter
+    log.stats.droppedTombstones += dropped
+    return {
+      inputs: [...inputSet],
+      outputs: outs.map((o) => o.seg.id),
+      bytesBefore,
+      bytesAfter,
+      liveRecords: live.length - dropped - damaged,
+      droppedTombstones: dropped,
+      damagedRecords: damaged
+    }
+  } catch (e) {
+    log.failStop(`compaction failed after its commit point (${(e as Error)?.message ?? String(e)}); restart the node to finish it`)
+    throw e
   }
 }
 
-/** Test seams: called at the named steps, so a test can crash the process there. */
-export interface CompactionHooks {
-  readonly beforeManifest?: () => void
-  readonly afterManifest?: () => void
-  readonly beforeUnlink?: () => void
+const hintBytes = (seg: Segment, hints: HintEntry[]) => encodeHint({ segment: seg.id, minLsn: seg.minLsn, maxLsn: seg.maxLsn, segmentSize: seg.size }, hints)
+
+/** CRC-32 of the first `size` bytes of a file, read in slices. */
+const fileCrc = async (log: Log, fd: number, size: number): Promise<number> => {
+  const { files } = log
+  const buf = Buffer.allocUnsafe(Math.min(size, SLICE_BYTES))
+  let crc = 0
+  for (let at = 0; at < size; at += buf.length) {
+    const len = Math.min(buf.length, size - at)
+    const n = files.read(fd, buf, 0, len, at)
+    if (n !== len) return -1
+    crc = crc32(buf.subarray(0, len), crc)
+    await yieldTurn(log)
+  }
+  return crc
 }
 
-const tombTime = (raw: Buffer): number => raw.readUInt32LE(16) + raw.readUInt32LE(20) * 0x1_0000_0000
+const fileCrcSync = (files: FilesApi, file: string): { size: number; crc: number } => {
+  const buf = files.readFile(file)
+  return { size: buf.length, crc: crc32(buf) }
+}
+
+/**
+ * Finishes or undoes a compaction a crash (or a fail-stop) interrupted, at start-up. With no
+ * manifest, `.tmp` outputs are incomplete and the caller deletes them. With one, every output
+ * is checked against it (size and CRC; a version 1 manifest: a scan without damage) before
+ * any input is deleted; if an output does not check and every input is still there, the
+ * compaction is undone instead. Every step may be repeated.
+ */
+export const finishCompaction = (files: FilesApi, dir: string): void => {
+  const manifestFile = path.join(dir, MERGE_MANIFEST)
+  if (!files.exists(manifestFile)) return
+  const m = decodeManifest(files.readFile(manifestFile))
+  if (m === undefined) {
+    throw new CorruptFile({ file: manifestFile, message: `${manifestFile} is damaged: an interrupted compaction cannot be finished safely. Nothing was changed; restore the file, or remove it and the .seg.tmp files if every input segment it names is present` })
+  }
+  const segFile = (id: number) => path.join(dir, segName(id))
+  const tmpFile = (id: number) => `${segFile(id)}.tmp`
+  const outputOk = (o: Manifest["outputs"][number]): boolean => {
+    const file = files.exists(segFile(o.id)) ? segFile(o.id) : files.exists(tmpFile(o.id)) ? tmpFile(o.id) : undefined
+    if (file === undefined) return false
+    if (o.crc !== undefined) {
+      const got = fileCrcSync(files, file)
+      return got.size === o.size && got.crc === o.crc
+    }
+    const buf = files.readFile(file)
+    const c = classify(buf.subarray(0, SEGMENT_HEADER_BYTES))
+    const seed = c._tag === "header" ? c.header.salt : 0
+    const start = c._tag === "header" ? SEGMENT_HEADER_BYTES : 0
+    const r = scan(buf, start, buf.length, seed, () => {})
+    return r.damaged.length === 0 && r.tornTail === undefined && r.future === undefined
+  }
+  if (m.outputs.every(outputOk)) {
+    for (const o of m.outputs) if (files.exists(tmpFile(o.id))) files.rename(tmpFile(o.id), segFile(o.id))
+    files.syncDir(dir)
+    for (const id of m.inputs) {
+      for (const f of [segFile(id), path.join(dir, hintName(id))]) if (files.exists(f)) files.unlink(f)
+    }
+    files.syncDir(dir)
+  } else if (m.inputs.every((id) => files.exists(segFile(id)))) {
+    for (const o of m.outputs) {
+      for (const f of [segFile(o.id), tmpFile(o.id), path.join(dir, hintName(o.id))]) if (files.exists(f)) files.unlink(f)
+    }
+    files.syncDir(dir)
+  } else {
+    throw new CorruptFile({ file: manifestFile, message: `an interrupted compaction left an output that does not match ${manifestFile} after some of its inputs were deleted; nothing more was changed. Restore the directory from a replica` })
+  }
+  files.unlink(manifestFile)
+  files.syncDir(dir)
+}

@@ -1,11 +1,14 @@
 /**
  * The storage engine as an Effect service: a segment log (Log.ts) opened as a scoped
- * resource, background compaction on a schedule, and the log as a stream of events.
- * Layers: `layer` (node:fs), `layerMemory` (in-memory files), `layerWith` (any Files).
+ * resource, background compaction on a schedule, partitions (scan, count, drop), content
+ * hashes, and the log as a stream of changes. This is the engine's boundary: the node uses
+ * these calls, never the log's fields. Layers: `layer` (node:fs), `layerMemory` (in-memory
+ * files), `layerWith` (any Files), `layerFiles` (a given one).
  */
 import { Context, Effect, Layer, Option, Schedule, Stream } from "effect"
 import { compact as runCompaction, selectInputs, type CompactionResult } from "./Compaction.ts"
-import { fromFsError, isEngineError, type EngineError } from "./Errors.ts"
+import type { ContentHash } from "./ContentHash.ts"
+import { fromFsError, isEngineError, type EngineError, type StorageFailed } from "./Errors.ts"
 import { Files, type FilesApi } from "./Files.ts"
 import { defaultLogConfig, Log, type DamageReport, type Entry, type LogConfig, type LogStats, type Written } from "./Log.ts"
 import { LogCursor } from "./LogCursor.ts"
@@ -24,7 +27,26 @@ export const DEFAULT_COMPACTION_INTERVAL_MS = 30_000
 /** Settings that may change while the engine runs. */
 export type LiveSettings = Parameters<Log["reconfigure"]>[0]
 
-/** Options of `stream`. */
+/** Whether the engine takes writes, and if not why (fail-stop after an I/O failure). */
+export type EngineHealth =
+  | { readonly writable: true }
+  | { readonly writable: false; readonly reason: string }
+
+/** A consistent listing of one partition: every key it held at `lsn`, each with its newest record. */
+export interface PartitionSnapshot {
+  /** Changes after this LSN (`changes(lsn + 1)`) cover every write the listing may miss. */
+  readonly lsn: number
+  readonly keys: number
+  readonly entries: Stream.Stream<Entry, EngineError>
+}
+
+/** Options of `scanPartition`. */
+export interface ScanOptions {
+  /** Most bytes of records read per second (0 or absent: no limit). */
+  readonly bytesPerSecond?: number
+}
+
+/** Options of `changes`. */
 export interface StreamOptions {
   /** Keep the stream open and deliver records as they are committed (default true). */
   readonly follow?: boolean
@@ -34,21 +56,41 @@ export interface StreamOptions {
 
 /** The per-node storage engine. */
 export class Engine extends Context.Service<Engine, {
-  /** Stores `value` (and opaque `meta`) under `key`; succeeds once durable per the fsync mode. */
-  readonly put: (key: string, value: Uint8Array, meta?: Uint8Array) => Effect.Effect<Written, EngineError>
-  /** Writes a tombstone for `key` carrying `meta`. */
-  readonly remove: (key: string, meta?: Uint8Array) => Effect.Effect<Written, EngineError>
+  /** Stores `value` (and opaque `meta`) under `key` in `partition`; succeeds once durable per the fsync mode. */
+  readonly put: (key: string, partition: number, value: Uint8Array, meta?: Uint8Array) => Effect.Effect<Written, EngineError>
+  /** Writes a tombstone for `key` in `partition` carrying `meta`. */
+  readonly remove: (key: string, partition: number, meta?: Uint8Array) => Effect.Effect<Written, EngineError>
   /** The newest record of `key`, tombstones included. */
   readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, EngineError>
-  /** Every record from `fromLsn` on, in LSN order, then (with follow) new ones as they commit. */
-  readonly stream: (fromLsn: number, options?: StreamOptions) => Stream.Stream<Entry, EngineError>
+  /** The content hash of the newest record of `key` (from the index: no disk read). */
+  readonly contentHash: (key: string) => Effect.Effect<Option.Option<ContentHash>>
+  /** Lists one partition consistently with concurrent writes (see PartitionSnapshot), rate-limited. */
+  readonly scanPartition: (partition: number, options?: ScanOptions) => Effect.Effect<PartitionSnapshot>
+  /** Keys (tombstones included) held in `partition`. */
+  readonly countPartition: (partition: number) => Effect.Effect<number>
+  /** Drops every record of `partition` written so far, durably; returns how many keys went. */
+  readonly dropPartition: (partition: number) => Effect.Effect<number, EngineError>
+  /**
+   * Every record from `fromLsn` on, in LSN order, then (with follow) new ones as they commit.
+   * Fails with SnapshotRequired when compaction may have removed records from `fromLsn` on
+   * (the low watermark is `lowWatermark`): take `scanPartition` snapshots instead.
+   */
+  readonly changes: (fromLsn: number, options?: StreamOptions) => Stream.Stream<Entry, EngineError>
+  /** The lowest LSN from which `changes` is complete. */
+  readonly lowWatermark: Effect.Effect<number>
+  /** The next LSN this engine will assign (every record it holds has a lower one). */
+  readonly nextLsn: Effect.Effect<number>
+  /** The data directory's identity, made with it (Manifest.ts). */
+  readonly identity: string
+  /** Whether writes are taken; after an unrecoverable I/O failure, why not. */
+  readonly health: Effect.Effect<EngineHealth>
   /** Compacts now: the segments past the thresholds, or all sealed ones with `full`. */
   readonly compact: (options?: { readonly full?: boolean }) => Effect.Effect<CompactionResult | undefined, EngineError>
   readonly stats: Effect.Effect<LogStats>
   /** Damage found by recovery since this engine opened. */
   readonly damage: Effect.Effect<ReadonlyArray<DamageReport>>
   readonly reconfigure: (patch: LiveSettings) => Effect.Effect<void>
-  /** The open log, for plain-function hot paths (reads in benchmarks, index walks). */
+  /** The open log: for benchmarks and engine tests only; the node uses the calls above. */
   readonly log: Log
 }>()("tally/engine/Engine") {
   /** The engine over whatever Files is provided. */
@@ -66,8 +108,18 @@ const mapError = (dir: string) => (e: unknown): EngineError => (isEngineError(e)
 /** Opens the engine in the current scope; it closes (flushing and sealing) with the scope. */
 export const make = Effect.fnUntraced(function*(config: EngineConfig) {
   const files = yield* Files
-  const cfg: LogConfig = { ...defaultLogConfig, ...config }
-  const toError = mapError(cfg.dir)
+  const toError = mapError(config.dir)
+  let failure: StorageFailed | undefined
+  const onFailure: Array<(f: StorageFailed) => void> = []
+  const cfg: LogConfig = {
+    ...defaultLogConfig,
+    ...config,
+    onFailure: (f) => {
+      failure = f
+      config.onFailure?.(f)
+      for (const l of onFailure.splice(0)) l(f)
+    }
+  }
   const compactions = new Compactions()
   const log = yield* Effect.acquireRelease(
     Effect.try({ try: () => Log.open(files, cfg), catch: toError }),
@@ -76,6 +128,14 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
   for (const d of log.damage) {
     yield* Effect.logWarning(`recovery: segment ${d.segment} bytes ${d.offset}..${d.offset + d.length} ${d.action} (${d.reason})`)
   }
+  // A fail-stop is reported once, as an error line, by a fiber that waits for it.
+  yield* Effect.callback<StorageFailed>((resume) => {
+    if (failure !== undefined) resume(Effect.succeed(failure))
+    else onFailure.push((f) => resume(Effect.succeed(f)))
+  }).pipe(
+    Effect.flatMap((f) => Effect.logError(`storage is read-only until restart: ${f.message}`)),
+    Effect.forkScoped
+  )
 
   const compact = (options?: { readonly full?: boolean }) =>
     Effect.tryPromise({ try: () => compactions.run(log, options?.full === true), catch: toError })
@@ -91,14 +151,50 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
     )
   }
 
-  const append = (type: RecordType, key: string, value: Uint8Array | undefined, meta: Uint8Array | undefined) =>
+  const append = (type: RecordType, key: string, partition: number, value: Uint8Array | undefined, meta: Uint8Array | undefined) =>
     Effect.callback<Written, EngineError>((resume) => {
-      log.append(type, key, value, meta, (err, w) => resume(err !== undefined ? Effect.fail(err) : Effect.succeed(w!)))
+      log.append(type, key, partition, value, meta, (err, w) => resume(err !== undefined ? Effect.fail(err) : Effect.succeed(w!)))
     })
 
-  const stream = (fromLsn: number, options?: StreamOptions): Stream.Stream<Entry, EngineError> =>
+  const scanPartition = (partition: number, options?: ScanOptions): Effect.Effect<PartitionSnapshot> =>
+    Effect.sync(() => {
+      const lsn = log.lastLsn
+      const keys = log.index.keysOf(partition)
+      const rate = options?.bytesPerSecond ?? 0
+      let i = 0
+      let bytes = 0
+      const started = cfg.now()
+      const PAGE = 256
+      const nextPage: Effect.Effect<readonly [ReadonlyArray<Entry>, Option.Option<void>], EngineError> = Effect.suspend(() => {
+        const page: Entry[] = []
+        try {
+          while (page.length < PAGE && i < keys.length) {
+            const e = log.read(keys[i++]!)
+            // A key dropped or moved since the listing is not in this partition any more.
+            if (e !== undefined && e.partition === partition) {
+              page.push(e)
+              bytes += e.key.length + e.meta.length + e.value.length
+            }
+          }
+        } catch (e) {
+          return Effect.fail(toError(e))
+        }
+        const done = i >= keys.length
+        const ahead = rate > 0 ? (bytes / rate) * 1000 - (cfg.now() - started) : 0
+        const out = Effect.succeed([page, done ? Option.none() : Option.some(undefined)] as const)
+        return ahead > 1 ? Effect.delay(out, ahead) : out
+      })
+      return { lsn, keys: keys.length, entries: Stream.paginate(undefined, () => nextPage) }
+    })
+
+  const changes = (fromLsn: number, options?: StreamOptions): Stream.Stream<Entry, EngineError> =>
     Stream.suspend(() => {
-      const cursor = new LogCursor(log, fromLsn)
+      let cursor: LogCursor
+      try {
+        cursor = new LogCursor(log, fromLsn, { strict: true })
+      } catch (e) {
+        return Stream.fail(toError(e))
+      }
       const follow = options?.follow ?? true
       const pageSize = options?.pageSize ?? 512
       const waitForCommit = Effect.callback<void>((resume) => {
@@ -119,10 +215,18 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
     })
 
   return Engine.of({
-    put: (key, value, meta) => append(RecordType.Put, key, value, meta),
-    remove: (key, meta) => append(RecordType.Tombstone, key, undefined, meta),
+    put: (key, partition, value, meta) => append(RecordType.Put, key, partition, value, meta),
+    remove: (key, partition, meta) => append(RecordType.Tombstone, key, partition, undefined, meta),
     get: (key) => Effect.try({ try: () => Option.fromNullishOr(log.read(key)), catch: toError }),
-    stream,
+    contentHash: (key) => Effect.sync(() => Option.fromNullishOr(log.contentHash(key))),
+    scanPartition,
+    countPartition: (partition) => Effect.sync(() => log.countPartition(partition)),
+    dropPartition: (partition) => Effect.tryPromise({ try: () => log.dropPartition(partition), catch: toError }),
+    changes,
+    lowWatermark: Effect.sync(() => log.compactedThrough + 1),
+    nextLsn: Effect.sync(() => log.nextLsn),
+    identity: log.identity.id,
+    health: Effect.sync((): EngineHealth => (log.failed === undefined ? { writable: true } : { writable: false, reason: log.failed.message })),
     compact,
     stats: Effect.sync(() => log.snapshotStats()),
     damage: Effect.sync(() => log.damage.slice()),

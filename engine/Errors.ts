@@ -56,11 +56,57 @@ export class CorruptRecord extends Schema.TaggedError<CorruptRecord>()("CorruptR
   readonly code = "corrupt_record"
 }
 
-/** The engine was closed, or stopped accepting writes after an unrecoverable fsync failure. */
+/** The engine was closed. */
 export class EngineClosed extends Schema.TaggedError<EngineClosed>()("EngineClosed", {
   message: Schema.String
 }) {
   readonly code = "engine_closed"
+}
+
+/**
+ * The engine stopped taking writes after a failure it cannot undo in this process: an fsync
+ * that failed (the page cache can no longer be trusted: PostgreSQL's "fsyncgate"), a write
+ * error other than a full disk, or an error after a compaction's commit point. Reads go on;
+ * a restart recovers from what is on disk.
+ */
+export class StorageFailed extends Schema.TaggedError<StorageFailed>()("StorageFailed", {
+  message: Schema.String
+}) {
+  readonly code = "storage_failed"
+}
+
+/** More writes are waiting for the disk than the engine accepts (`maxPendingBytes`); retry shortly. */
+export class Overloaded extends Schema.TaggedError<Overloaded>()("Overloaded", {
+  pendingBytes: Schema.Number,
+  message: Schema.String
+}) {
+  readonly code = "overloaded"
+}
+
+/** A file in the data directory is of a format this build does not know (a newer Tally wrote it). Nothing was changed. */
+export class UnknownFormat extends Schema.TaggedError<UnknownFormat>()("UnknownFormat", {
+  file: Schema.String,
+  version: Schema.Number,
+  message: Schema.String
+}) {
+  readonly code = "unknown_format"
+}
+
+/** A file the engine cannot read safely (a segment whose header is destroyed, a damaged control file). Nothing was changed. */
+export class CorruptFile extends Schema.TaggedError<CorruptFile>()("CorruptFile", {
+  file: Schema.String,
+  message: Schema.String
+}) {
+  readonly code = "corrupt_file"
+}
+
+/** A reader of `changes` asked for history that compaction has already removed: take a snapshot (scanPartition) and read changes from its LSN. */
+export class SnapshotRequired extends Schema.TaggedError<SnapshotRequired>()("SnapshotRequired", {
+  fromLsn: Schema.Number,
+  lowWatermark: Schema.Number,
+  message: Schema.String
+}) {
+  readonly code = "snapshot_required"
 }
 
 /** Any error the engine can fail with. */
@@ -72,6 +118,11 @@ export type EngineError =
   | DataDirLocked
   | CorruptRecord
   | EngineClosed
+  | StorageFailed
+  | Overloaded
+  | UnknownFormat
+  | CorruptFile
+  | SnapshotRequired
 
 /** Every engine error class, for documentation checks and `instanceof` tests. */
 export const engineErrors = [
@@ -81,7 +132,12 @@ export const engineErrors = [
   IoError,
   DataDirLocked,
   CorruptRecord,
-  EngineClosed
+  EngineClosed,
+  StorageFailed,
+  Overloaded,
+  UnknownFormat,
+  CorruptFile,
+  SnapshotRequired
 ] as const
 
 /** True for the engine's own typed errors (as opposed to defects). */

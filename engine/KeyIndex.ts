@@ -1,29 +1,40 @@
 /**
- * The in-memory hash index (Bitcask's keydir): key -> where its newest record lives.
- * A Map from key to a slot number, and the slots' fields in parallel typed arrays, so an
- * entry costs a Map entry plus 21 bytes instead of a JS object per key (docs/storage.md
- * has the measured figure). Tombstones stay indexed: the node needs their metadata.
+ * The in-memory hash index (Bitcask's keydir): key -> where its newest record lives, with
+ * the record's partition and content hash. A Map from key to a slot number, and the slots'
+ * fields in parallel typed arrays, so an entry costs a Map entry plus 32 bytes instead of a
+ * JS object per key (docs/storage.md has the measured figure). Tombstones stay indexed: the
+ * node needs their metadata. Keys per partition are counted here; listing a partition's keys
+ * walks the whole index (a per-partition list would cost 8 more bytes per key for a walk
+ * that only transfers and exchanges make).
  */
 
-/** Where a key's newest record is. */
+/** Where a key's newest record is, and what it holds. */
 export interface Location {
   readonly segment: number
   readonly offset: number
   readonly size: number
   readonly lsn: number
   readonly tombstone: boolean
+  readonly partition: number
+  readonly hashHi: number
+  readonly hashLo: number
 }
 
 const INITIAL = 1024
+const TOMB = 0x1_0000
 
-/** Key -> location, with slot reuse and per-segment live-byte accounting left to the caller. */
+/** Key -> location, with slot reuse; per-segment live-byte accounting is left to the caller. */
 export class KeyIndex {
   private readonly map = new Map<string, number>()
   private seg = new Uint32Array(INITIAL)
   private off = new Uint32Array(INITIAL)
   private len = new Uint32Array(INITIAL)
   private lsns = new Float64Array(INITIAL)
-  private tomb = new Uint8Array(INITIAL)
+  /** partition (low 16 bits) | TOMB. */
+  private info = new Uint32Array(INITIAL)
+  private hHi = new Uint32Array(INITIAL)
+  private hLo = new Uint32Array(INITIAL)
+  private readonly perPartition = new Uint32Array(0x1_0000)
   private free: number[] = []
   private used = 0
 
@@ -31,9 +42,14 @@ export class KeyIndex {
     return this.map.size
   }
 
+  /** Keys (tombstones included) indexed in `partition`. */
+  countOf(partition: number): number {
+    return this.perPartition[partition] ?? 0
+  }
+
   private grow(): void {
     const n = this.seg.length * 2
-    const widen = <T extends Uint32Array | Float64Array | Uint8Array>(a: T, make: (n: number) => T): T => {
+    const widen = <T extends Uint32Array | Float64Array>(a: T, make: (n: number) => T): T => {
       const b = make(n)
       b.set(a)
       return b
@@ -42,27 +58,49 @@ export class KeyIndex {
     this.off = widen(this.off, (n) => new Uint32Array(n))
     this.len = widen(this.len, (n) => new Uint32Array(n))
     this.lsns = widen(this.lsns, (n) => new Float64Array(n))
-    this.tomb = widen(this.tomb, (n) => new Uint8Array(n))
+    this.info = widen(this.info, (n) => new Uint32Array(n))
+    this.hHi = widen(this.hHi, (n) => new Uint32Array(n))
+    this.hLo = widen(this.hLo, (n) => new Uint32Array(n))
   }
 
-  private slotOf(key: string): number {
-    let s = this.map.get(key)
+  private newSlot(key: string, partition: number): number {
+    let s = this.free.pop()
     if (s === undefined) {
-      s = this.free.pop()
-      if (s === undefined) {
-        if (this.used === this.seg.length) this.grow()
-        s = this.used++
-      }
-      this.map.set(key, s)
+      if (this.used === this.seg.length) this.grow()
+      s = this.used++
     }
+    this.map.set(key, s)
+    this.perPartition[partition]!++
     return s
+  }
+
+  private at(s: number): Location {
+    const info = this.info[s]!
+    return {
+      segment: this.seg[s]!, offset: this.off[s]!, size: this.len[s]!, lsn: this.lsns[s]!,
+      tombstone: (info & TOMB) !== 0, partition: info & 0xffff, hashHi: this.hHi[s]!, hashLo: this.hLo[s]!
+    }
+  }
+
+  private write(s: number, segment: number, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): void {
+    const was = this.info[s]! & 0xffff
+    if (was !== partition) {
+      this.perPartition[was]!--
+      this.perPartition[partition]!++
+    }
+    this.seg[s] = segment
+    this.off[s] = offset
+    this.len[s] = size
+    this.lsns[s] = lsn
+    this.info[s] = partition | (tombstone ? TOMB : 0)
+    this.hHi[s] = hashHi
+    this.hLo[s] = hashLo
   }
 
   /** The location of `key`, or undefined. */
   get(key: string): Location | undefined {
     const s = this.map.get(key)
-    if (s === undefined) return undefined
-    return { segment: this.seg[s]!, offset: this.off[s]!, size: this.len[s]!, lsn: this.lsns[s]!, tombstone: this.tomb[s] === 1 }
+    return s === undefined ? undefined : this.at(s)
   }
 
   /** LSN of the indexed record for `key`, or -1. */
@@ -72,46 +110,53 @@ export class KeyIndex {
   }
 
   /** Sets the location of `key` unconditionally. */
-  set(key: string, segment: number, offset: number, size: number, lsn: number, tombstone: boolean): void {
-    const s = this.slotOf(key)
+  set(key: string, segment: number, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): void {
+    let s = this.map.get(key)
+    if (s === undefined) {
+      s = this.newSlot(key, partition)
+      this.info[s] = partition
+    }
+    this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
+  }
+
+  /** Moves `key` to a copy of its record elsewhere (compaction), keeping everything else. */
+  move(key: string, segment: number, offset: number): void {
+    const s = this.map.get(key)
+    if (s === undefined) return
     this.seg[s] = segment
     this.off[s] = offset
-    this.len[s] = size
-    this.lsns[s] = lsn
-    this.tomb[s] = tombstone ? 1 : 0
   }
 
   /** Segment of the record the last successful `replaceIfNewer` displaced, or -1 if none. */
   replacedSegment = -1
   /** Size of that record. */
   replacedSize = 0
+  /** Content hash of that record (both 0 if none). */
+  replacedHashHi = 0
+  replacedHashLo = 0
 
   /**
    * Points `key` at a record unless the index holds one with an equal or higher LSN; one Map
-   * lookup and no allocation (the write path's hot loop). On success, `replacedSegment` and
-   * `replacedSize` describe the record displaced.
+   * lookup and no allocation (the write path's hot loop). On success, `replaced*` describe
+   * the record displaced.
    */
-  replaceIfNewer(key: string, segment: number, offset: number, size: number, lsn: number, tombstone: boolean): boolean {
+  replaceIfNewer(key: string, segment: number, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): boolean {
     let s = this.map.get(key)
     if (s === undefined) {
       this.replacedSegment = -1
       this.replacedSize = 0
-      s = this.free.pop()
-      if (s === undefined) {
-        if (this.used === this.seg.length) this.grow()
-        s = this.used++
-      }
-      this.map.set(key, s)
+      this.replacedHashHi = 0
+      this.replacedHashLo = 0
+      s = this.newSlot(key, partition)
+      this.info[s] = partition
     } else {
       if (this.lsns[s]! >= lsn) return false
       this.replacedSegment = this.seg[s]!
       this.replacedSize = this.len[s]!
+      this.replacedHashHi = this.hHi[s]!
+      this.replacedHashLo = this.hLo[s]!
     }
-    this.seg[s] = segment
-    this.off[s] = offset
-    this.len[s] = size
-    this.lsns[s] = lsn
-    this.tomb[s] = tombstone ? 1 : 0
+    this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
     return true
   }
 
@@ -120,15 +165,22 @@ export class KeyIndex {
     const s = this.map.get(key)
     if (s === undefined) return false
     this.map.delete(key)
+    this.perPartition[this.info[s]! & 0xffff]!--
     this.free.push(s)
     return true
   }
 
   /** Every (key, location), in no particular order. */
   *entries(): IterableIterator<[string, Location]> {
-    for (const [key, s] of this.map) {
-      yield [key, { segment: this.seg[s]!, offset: this.off[s]!, size: this.len[s]!, lsn: this.lsns[s]!, tombstone: this.tomb[s] === 1 }]
-    }
+    for (const [key, s] of this.map) yield [key, this.at(s)]
+  }
+
+  /** The keys of one partition, in no particular order (a snapshot: an array). */
+  keysOf(partition: number): string[] {
+    const out: string[] = []
+    if (this.perPartition[partition] === 0) return out
+    for (const [key, s] of this.map) if ((this.info[s]! & 0xffff) === partition) out.push(key)
+    return out
   }
 
   /** Keys in no particular order. */

@@ -1,22 +1,33 @@
 /**
  * The segment log: the per-node, append-only sequence of records that everything else is
  * built on. One active segment takes appends through group commit; sealed segments are
- * immutable and carry hint files; the KeyIndex points at each key's newest record.
+ * immutable and carry hint files; the KeyIndex points at each key's newest record, with its
+ * partition and content hash. Opening a directory is Startup.ts; the format of a record is
+ * Record.ts, of a segment's header SegmentHeader.ts, of hints HintFile.ts, of the control
+ * files Manifest.ts; compaction is Compaction.ts; reading onward from an LSN, LogCursor.ts.
  *
  * Invariants: a record is visible to readers and streams only once it is as durable as the
  * fsync mode promises; LSNs only grow; every segment holds its records in LSN order (which
  * lets a stream merge segments by LSN); the record with the highest LSN is never dropped.
+ * After a failure that cannot be undone in this process (an fsync or a write that failed,
+ * an error after a compaction's commit point) the log is fail-stop: reads go on, every
+ * write fails with StorageFailed, and a restart recovers from what the disk holds.
  *
  * Plain code on purpose: this is the per-record hot path. Engine.ts wraps it in Effect.
  */
 import * as path from "node:path"
-import { crc32 } from "node:zlib"
-import { fromFsError, CorruptRecord, DataDirLocked, EngineClosed, InvalidKey, ValueTooLarge, type DiskFull, type IoError } from "./Errors.ts"
-import { writeFileDurable, type FilesApi } from "./Files.ts"
-import { encodeHint, forEachHint, hintFits, readHintHeader, type HintEntry } from "./HintFile.ts"
+import { hashRecordInto, scratch, type ContentHash } from "./ContentHash.ts"
+import { CorruptRecord, DataDirLocked, EngineClosed, fromFsError, InvalidKey, Overloaded, StorageFailed, ValueTooLarge, type DiskFull, type IoError } from "./Errors.ts"
+import { writeFileDurable, writeFileDurableAsync, type FileLock, type FilesApi } from "./Files.ts"
+import { encodeHint, type HintEntry } from "./HintFile.ts"
 import { KeyIndex } from "./KeyIndex.ts"
-import { decodeValid, encodeInto, encodedSize, MAX_KEY_BYTES, probe, RecordType } from "./Record.ts"
-import { scan, type Damage } from "./Recovery.ts"
+import { encodeState, STATE_FILE, type Identity } from "./Manifest.ts"
+import { decodeValid, encodedSize, encodeInto, MAX_KEY_BYTES, MAX_LSN, MAX_PARTITION, probe, RecordType } from "./Record.ts"
+import type { Damage } from "./Recovery.ts"
+import { hintName, makeSegment, makeSegmentAsync, segName, trimSegment, unlinkSegment, type Segment } from "./SegmentFile.ts"
+import { recover } from "./Startup.ts"
+
+export type { Segment } from "./SegmentFile.ts"
 
 /** When a write is acknowledged. */
 export type FsyncMode = "always" | "batch" | "never"
@@ -25,12 +36,18 @@ export type FsyncMode = "always" | "batch" | "never"
 export interface LogConfig {
   readonly dir: string
   readonly fsync: FsyncMode
-  /** A segment is sealed once it reaches this size. */
+  /** A segment is sealed once it reaches this size (at most 2 GiB: offsets are u32). */
   readonly maxSegmentBytes: number
+  /** Make each new segment at its full size ahead of use, so fdatasync need not commit a new file size. */
+  readonly preallocate: boolean
   /** Largest value accepted (live). */
   readonly maxValueBytes: number
   /** Largest metadata accepted (live). */
   readonly maxMetaBytes: number
+  /** Bytes of accepted writes waiting for the disk beyond which new writes fail with Overloaded (live). */
+  readonly maxPendingBytes: number
+  /** Most bytes one write(2) and fdatasync(2) of group commit carries. */
+  readonly maxBatchBytes: number
   /** A sealed segment is compacted once this share of its bytes is dead (live). */
   readonly compactDeadRatio: number
   /** ...or once it holds at least this many dead bytes (live). */
@@ -39,37 +56,41 @@ export interface LogConfig {
   readonly compactSmallBytes: number
   /** Tombstones younger than this are never dropped, so replicas can learn of the delete (live). */
   readonly tombstoneGraceMs: number
-  /** Wall clock, in ms. */
+  /** Compaction copies at most this many bytes per second (0: no limit) (live). */
+  readonly compactBytesPerSecond: number
+  /** The partition of a key, for records of format 1, which do not carry one. */
+  readonly partitionOf: (key: string) => number
+  /** Wall clock, in ms (the simulator's seam). */
   readonly now: () => number
+  /** Uniform in [0, 1) (the simulator's seam): segment salts, directory identity. */
+  readonly random: () => number
+  /** Resolves after `ms` (0: the next turn of the event loop): compaction's pauses (the simulator's seam). */
+  readonly sleep: (ms: number) => Promise<void>
+  /** Told once when the log becomes fail-stop. */
+  readonly onFailure?: ((failure: StorageFailed) => void) | undefined
 }
+
+/** Upper bound of `maxSegmentBytes`: offsets and sizes are u32 in the index and hints. */
+export const MAX_SEGMENT_BYTES = 2 ** 31
 
 /** Defaults for everything but `dir`. */
 export const defaultLogConfig: Omit<LogConfig, "dir"> = {
   fsync: "batch",
   maxSegmentBytes: 64 * 1024 * 1024,
+  preallocate: true,
   maxValueBytes: 1024 * 1024,
   maxMetaBytes: 1024 * 1024,
+  maxPendingBytes: 64 * 1024 * 1024,
+  maxBatchBytes: 4 * 1024 * 1024,
   compactDeadRatio: 0.4,
   compactDeadBytes: 32 * 1024 * 1024,
   compactSmallBytes: 4 * 1024 * 1024,
   tombstoneGraceMs: 24 * 60 * 60 * 1000,
-  now: Date.now
-}
-
-/** A segment file and what is known of it. */
-export interface Segment {
-  readonly id: number
-  readonly file: string
-  readonly fd: number
-  /** Bytes of the file that readers may use (committed records only). */
-  size: number
-  /** Bytes of records the index points at. */
-  live: number
-  minLsn: number
-  maxLsn: number
-  sealed: boolean
-  removed: boolean
-  damaged: number
+  compactBytesPerSecond: 0,
+  partitionOf: () => 0,
+  now: Date.now,
+  random: Math.random,
+  sleep: (ms) => new Promise((resolve) => (ms <= 0 ? setImmediate(resolve) : setTimeout(resolve, ms)))
 }
 
 /** A record as a reader receives it: the key decoded, the rest as stored. */
@@ -78,6 +99,7 @@ export interface Entry {
   readonly type: RecordType
   readonly lsn: number
   readonly timestamp: number
+  readonly partition: number
   readonly meta: Uint8Array
   readonly value: Uint8Array
 }
@@ -111,27 +133,33 @@ export interface LogStats {
   reclaimedBytes: number
   droppedTombstones: number
   corruptions: number
+  overloaded: number
+  failed: number
   startupMs: number
   startupKeysFromHints: number
   startupKeysFromScans: number
 }
 
-type Callback = (err: InvalidKey | ValueTooLarge | DiskFull | IoError | EngineClosed | undefined, w: Written | undefined) => void
+/** Errors a write's callback may receive. */
+export type WriteError = InvalidKey | ValueTooLarge | DiskFull | IoError | EngineClosed | StorageFailed | Overloaded
+
+type Callback = (err: WriteError | undefined, w: Written | undefined) => void
 
 interface Pending {
-  readonly buf: Buffer
+  readonly type: RecordType
   readonly key: string
+  readonly k: Buffer
+  readonly partition: number
+  readonly value: Uint8Array | undefined
+  readonly meta: Uint8Array | undefined
+  readonly size: number
   readonly lsn: number
   readonly timestamp: number
-  readonly type: RecordType
   readonly cb: Callback
+  hashHi: number
+  hashLo: number
 }
 
-const SEG_RE = /^(\d{8})\.seg$/
-const segName = (id: number) => `${String(id).padStart(8, "0")}.seg`
-const hintName = (id: number) => `${String(id).padStart(8, "0")}.hint`
-/** The compaction manifest (Compaction.ts): its presence means "roll forward". */
-export const MERGE_MANIFEST = "MERGE"
 const LOCK = "LOCK"
 
 /** Encodes and checks a key: 1..1024 bytes of UTF-8. */
@@ -143,6 +171,8 @@ export const keyBytes = (key: string): Buffer => {
   return b
 }
 
+const isPartition = (p: number) => Number.isInteger(p) && p >= 0 && p <= MAX_PARTITION
+
 /** The open log of one data directory. */
 export class Log {
   readonly index = new KeyIndex()
@@ -151,7 +181,7 @@ export class Log {
   readonly stats: LogStats = {
     keys: 0, segments: 0, bytes: 0, liveBytes: 0, deadBytes: 0, lastLsn: 0, fsyncs: 0, fsyncSeconds: 0,
     batches: 0, records: 0, compactions: 0, compactedBytes: 0, reclaimedBytes: 0, droppedTombstones: 0,
-    corruptions: 0, startupMs: 0, startupKeysFromHints: 0, startupKeysFromScans: 0
+    corruptions: 0, overloaded: 0, failed: 0, startupMs: 0, startupKeysFromHints: 0, startupKeysFromScans: 0
   }
   config: LogConfig
   active!: Segment
@@ -159,20 +189,36 @@ export class Log {
   committedLsn = 0
   nextLsn = 1
   nextSegmentId = 1
+  /** The directory's identity (Manifest.ts). */
+  identity!: Identity
+  /** LSN through which compaction may have removed superseded records. */
+  compactedThrough = 0
+  /** Per dropped partition, the LSN through which its records are gone. */
+  readonly drops = new Map<number, number>()
   private pending: Pending[] = []
+  private pendingBytes = 0
   private flushing = false
   private flushQueued = false
-  private failed: EngineClosed | undefined
+  private failure: StorageFailed | undefined
   private closed = false
   /** Newest record per key of the active segment, for its hint file. */
   private activeHints = new Map<string, HintEntry>()
   private waiters: Array<() => void> = []
   private drained: Array<() => void> = []
+  private lockHandle: FileLock | undefined
+  /** The next active segment, made ahead off the request path. */
+  private spare: Segment | undefined
+  private spareMaking: Promise<void> | undefined
+  /** Sealing work (trim, hint) runs here, in order, off the request path. */
+  private background: Promise<void> = Promise.resolve()
 
   readonly files: FilesApi
 
   private constructor(files: FilesApi, config: LogConfig) {
     this.files = files
+    if (!(config.maxSegmentBytes > 0 && config.maxSegmentBytes <= MAX_SEGMENT_BYTES)) {
+      throw new RangeError(`maxSegmentBytes must be in 1..${MAX_SEGMENT_BYTES}; got ${config.maxSegmentBytes}`)
+    }
     this.config = config
   }
 
@@ -183,8 +229,16 @@ export class Log {
     files.mkdirp(config.dir)
     log.lock()
     try {
-      log.recover()
+      recover(log)
+      log.openActive()
     } catch (e) {
+      for (const s of log.segments.values()) {
+        try {
+          files.close(s.fd)
+        } catch {
+          // already closed
+        }
+      }
       log.unlock()
       throw e
     }
@@ -196,193 +250,137 @@ export class Log {
 
   private lock(): void {
     const file = path.join(this.config.dir, LOCK)
-    if (this.files.exists(file)) {
-      const pid = Number.parseInt(this.files.readFile(file).toString("utf8"), 10)
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && processAlive(pid)) {
-        throw new DataDirLocked({ dir: this.config.dir, pid, message: `data directory ${this.config.dir} is in use by process ${pid}; stop it or choose another --data` })
+    const held = this.files.tryLock(file)
+    if (held === undefined) {
+      let pid = 0
+      try {
+        pid = Number.parseInt(this.files.readFile(file).toString("utf8"), 10) || 0
+      } catch {
+        // unreadable: the pid is only a hint for the message
       }
-      if (pid === process.pid && lockedHere.has(path.resolve(this.config.dir))) {
-        throw new DataDirLocked({ dir: this.config.dir, pid, message: `data directory ${this.config.dir} is already open in this process` })
-      }
+      throw new DataDirLocked({ dir: this.config.dir, pid, message: `data directory ${this.config.dir} is in use${pid > 0 ? ` by process ${pid}` : ""}; stop it or choose another --data` })
     }
-    writeFileDurable(this.files, file, Buffer.from(String(process.pid)))
-    lockedHere.add(path.resolve(this.config.dir))
+    this.lockHandle = held
   }
 
   private unlock(): void {
-    lockedHere.delete(path.resolve(this.config.dir))
-    try {
-      this.files.unlink(path.join(this.config.dir, LOCK))
-    } catch {
-      // already gone: nothing to release
+    this.lockHandle?.release()
+    this.lockHandle = undefined
+  }
+
+  // ---- segments ------------------------------------------------------------------------
+
+  /** Path of a segment or hint file. */
+  pathOf(id: number, kind: "seg" | "hint"): string {
+    return path.join(this.config.dir, kind === "seg" ? segName(id) : hintName(id))
+  }
+
+  private segmentSpec(kind: "log" | "compacted", preallocate: boolean) {
+    return {
+      files: this.files, dir: this.config.dir, id: this.nextSegmentId++, kind, now: this.config.now, random: this.config.random,
+      preallocate: preallocate ? this.config.maxSegmentBytes : 0
     }
   }
 
-  // ---- recovery ------------------------------------------------------------------------
-
-  private segPath(id: number) {
-    return path.join(this.config.dir, segName(id))
-  }
-
-  private hintPath(id: number) {
-    return path.join(this.config.dir, hintName(id))
-  }
-
-  private recover(): void {
-    const { dir } = this.config
-    finishCompaction(this.files, dir)
-    const names = this.files.list(dir)
-    for (const n of names) if (n.endsWith(".tmp")) this.files.unlink(path.join(dir, n))
-    const ids = names.flatMap((n) => {
-      const m = SEG_RE.exec(n)
-      return m ? [Number(m[1])] : []
-    }).sort((a, b) => a - b)
-    for (const n of names) {
-      if (n.endsWith(".hint") && !ids.includes(Number(n.slice(0, 8)))) this.files.unlink(path.join(dir, n))
-    }
-    const scanned: Array<{ seg: Segment; torn: Damage | undefined; hints: Map<string, HintEntry> }> = []
-    for (const id of ids) {
-      const file = this.segPath(id)
-      const fd = this.files.open(file, false)
-      const seg: Segment = { id, file, fd, size: this.files.size(fd), live: 0, minLsn: Infinity, maxLsn: -1, sealed: true, removed: false, damaged: 0 }
-      this.segments.set(id, seg)
-      this.nextSegmentId = Math.max(this.nextSegmentId, id + 1)
-      if (!this.loadHint(seg)) scanned.push(this.scanSegment(seg))
-    }
-    // The segment that was being appended to holds the newest records (or none at all).
-    let globalMax = -1
-    for (const s of this.segments.values()) globalMax = Math.max(globalMax, s.maxLsn)
-    const tail = scanned.filter((s) => s.seg.maxLsn === globalMax || s.seg.maxLsn < 0).at(-1)
-    for (const s of scanned) {
-      if (s.torn === undefined) continue
-      if (s === tail) {
-        this.files.truncate(s.seg.fd, s.torn.offset)
-        this.files.datasyncSync(s.seg.fd)
-        s.seg.size = s.torn.offset
-        this.report(s.seg.id, s.torn, "truncated")
-      } else {
-        s.seg.damaged += s.torn.length
-        this.report(s.seg.id, s.torn, "skipped")
-      }
-    }
-    for (const s of scanned) {
-      if (s.seg.size === 0 || s.seg.maxLsn < 0) {
-        this.dropSegment(s.seg)
-        continue
-      }
-      this.writeHint(s.seg, [...s.hints.values()])
-    }
-    for (const [, loc] of this.index.entries()) this.segments.get(loc.segment)!.live += loc.size
-    for (const s of this.segments.values()) this.nextLsn = Math.max(this.nextLsn, s.maxLsn + 1)
-    this.committedLsn = this.nextLsn - 1
-    this.openActive()
-  }
-
-  private loadHint(seg: Segment): boolean {
-    const hintFile = this.hintPath(seg.id)
-    if (!this.files.exists(hintFile)) return false
-    let buf: Buffer
-    try {
-      buf = this.files.readFile(hintFile)
-    } catch {
-      return false
-    }
-    const h = readHintHeader(buf)
-    if (h === undefined || h.segment !== seg.id || h.segmentSize !== seg.size || !hintFits(buf)) return false
-    forEachHint(buf, (key, lsn, offset, size, tomb) => {
-      if (lsn > this.index.lsnOf(key)) this.index.set(key, seg.id, offset, size, lsn, tomb)
-    })
-    seg.minLsn = h.minLsn
-    seg.maxLsn = h.maxLsn
-    this.stats.startupKeysFromHints += h.count
-    return true
-  }
-
-  private scanSegment(seg: Segment) {
-    const buf = Buffer.allocUnsafe(seg.size)
-    let got = 0
-    while (got < seg.size) {
-      const n = this.files.read(seg.fd, buf, got, seg.size - got, got)
-      if (n === 0) break
-      got += n
-    }
-    const hints = new Map<string, HintEntry>()
-    const result = scan(buf, got, (r, offset, size) => {
-      const key = Buffer.from(r.key.buffer, r.key.byteOffset, r.key.length).toString("utf8")
-      const tombstone = r.type === RecordType.Tombstone
-      if (r.lsn > this.index.lsnOf(key)) this.index.set(key, seg.id, offset, size, r.lsn, tombstone)
-      const prev = hints.get(key)
-      if (prev === undefined || prev.lsn < r.lsn) hints.set(key, { key, lsn: r.lsn, offset, size, tombstone })
-      if (r.lsn < seg.minLsn) seg.minLsn = r.lsn
-      if (r.lsn > seg.maxLsn) seg.maxLsn = r.lsn
-    })
-    this.stats.startupKeysFromScans += hints.size
-    for (const d of result.damaged) {
-      seg.damaged += d.length
-      this.report(seg.id, d, "skipped")
-    }
-    return { seg, torn: result.tornTail, hints }
-  }
-
-  private report(segment: number, d: Damage, action: DamageReport["action"]) {
-    this.damage.push({ segment, ...d, action })
-    this.stats.corruptions++
-  }
-
-  private writeHint(seg: Segment, entries: HintEntry[]): void {
-    try {
-      writeFileDurable(this.files, this.hintPath(seg.id), encodeHint({ segment: seg.id, minLsn: seg.minLsn, maxLsn: seg.maxLsn, segmentSize: seg.size }, entries))
-    } catch {
-      // A hint is an optimisation: without it the next start scans this segment.
-    }
+  /** Makes a new compaction output segment (header written and synced). */
+  makeOutput(): Segment {
+    return makeSegment(this.segmentSpec("compacted", false))
   }
 
   private openActive(): void {
-    const id = this.nextSegmentId++
-    const file = this.segPath(id)
-    const fd = this.files.open(file, true)
-    this.files.syncDir(this.config.dir)
-    const seg: Segment = { id, file, fd, size: 0, live: 0, minLsn: Infinity, maxLsn: -1, sealed: false, removed: false, damaged: 0 }
-    this.segments.set(id, seg)
+    const seg = this.spare ?? makeSegment(this.segmentSpec("log", false))
+    this.spare = undefined
+    this.segments.set(seg.id, seg)
     this.active = seg
     this.activeHints = new Map()
+    this.makeSpare()
   }
 
-  /** Seals the active segment (its hint file is written) and opens a new one. */
+  /** Starts making the next active segment in the background, preallocated. */
+  private makeSpare(): void {
+    if (!this.config.preallocate || this.spare !== undefined || this.spareMaking !== undefined || this.closed) return
+    const spec = this.segmentSpec("log", true)
+    this.spareMaking = makeSegmentAsync(spec).then(
+      (seg) => {
+        this.spareMaking = undefined
+        if (this.closed) unlinkSegment(this.files, this.config.dir, seg)
+        else this.spare = seg
+      },
+      () => {
+        // No spare (a full disk, say): the next rotation makes its segment synchronously.
+        this.spareMaking = undefined
+      }
+    )
+  }
+
+  /** Seals the active segment and switches to the spare (or a new segment); sealing finishes in the background. */
   private rotate(): void {
     const old = this.active
     const hints = [...this.activeHints.values()]
     this.openActive()
     old.sealed = true
-    this.writeHint(old, hints)
+    this.afterSeal(old, hints)
+  }
+
+  private afterSeal(seg: Segment, hints: HintEntry[]): void {
+    this.background = this.background.then(async () => {
+      try {
+        await trimSegment(this.files, seg)
+        if (!seg.removed) await writeFileDurableAsync(this.files, this.pathOf(seg.id, "hint"), this.hintOf(seg, hints))
+      } catch {
+        // A hint is an optimisation and untrimmed space is zeros: the next start copes with both.
+      }
+    })
+  }
+
+  private hintOf(seg: Segment, entries: ReadonlyArray<HintEntry>): Buffer {
+    return encodeHint({ segment: seg.id, minLsn: seg.minLsn, maxLsn: seg.maxLsn, segmentSize: seg.size }, entries)
+  }
+
+  /** Writes the hint of a sealed segment now (start-up, compaction outputs). Failure is not an error. */
+  writeHintNow(seg: Segment, entries: ReadonlyArray<HintEntry>): void {
+    try {
+      writeFileDurable(this.files, this.pathOf(seg.id, "hint"), this.hintOf(seg, entries))
+    } catch {
+      // without it the next start scans this segment
+    }
   }
 
   /** Removes a segment from the log: the file is unlinked and its descriptor closed. */
   dropSegment(seg: Segment): void {
-    seg.removed = true
     this.segments.delete(seg.id)
-    for (const f of [seg.file, this.hintPath(seg.id)]) {
-      try {
-        this.files.unlink(f)
-      } catch {
-        // absent hint
-      }
-    }
-    this.files.close(seg.fd)
+    unlinkSegment(this.files, this.config.dir, seg)
+  }
+
+  /** Registers a sealed segment (start-up, compaction outputs). */
+  addSegment(seg: Segment): void {
+    this.segments.set(seg.id, seg)
+    this.nextSegmentId = Math.max(this.nextSegmentId, seg.id + 1)
+  }
+
+  /** Records damage found by recovery. */
+  report(segment: number, d: Damage, action: DamageReport["action"]): void {
+    this.damage.push({ segment, ...d, action })
+    this.stats.corruptions++
   }
 
   // ---- writes --------------------------------------------------------------------------
 
-  /** Appends a record; `cb` runs once it is as durable as the fsync mode promises. */
-  append(type: RecordType, key: string, value: Uint8Array | undefined, meta: Uint8Array | undefined, cb: Callback): void {
-    if (this.closed || this.failed) return cb(this.failed ?? new EngineClosed({ message: "the storage engine is closed" }), undefined)
+  /**
+   * Appends a record of `partition`; `cb` runs once it is as durable as the fsync mode
+   * promises. `value` and `meta` must not change until then.
+   */
+  append(type: RecordType, key: string, partition: number, value: Uint8Array | undefined, meta: Uint8Array | undefined, cb: Callback): void {
+    if (this.closed) return cb(new EngineClosed({ message: "the storage engine is closed" }), undefined)
+    if (this.failure !== undefined) return cb(this.failure, undefined)
+    if (!isPartition(partition)) throw new RangeError(`partition must be an integer in 0..${MAX_PARTITION}; got ${partition}`)
     let k: Buffer
     try {
       k = keyBytes(key)
     } catch (e) {
       return cb(e as InvalidKey, undefined)
     }
-    const vlen = value?.length ?? 0
+    const vlen = type === RecordType.Tombstone ? 0 : value?.length ?? 0
     const mlen = meta?.length ?? 0
     if (vlen > this.config.maxValueBytes) {
       return cb(new ValueTooLarge({ size: vlen, limit: this.config.maxValueBytes, message: `value is ${vlen} bytes; the limit is ${this.config.maxValueBytes}` }), undefined)
@@ -390,11 +388,18 @@ export class Log {
     if (mlen > this.config.maxMetaBytes) {
       return cb(new ValueTooLarge({ size: mlen, limit: this.config.maxMetaBytes, message: `metadata is ${mlen} bytes; the limit is ${this.config.maxMetaBytes}` }), undefined)
     }
+    const size = encodedSize(k.length, mlen, vlen)
+    if (this.pending.length > 0 && this.pendingBytes + size > this.config.maxPendingBytes) {
+      this.stats.overloaded++
+      return cb(new Overloaded({ pendingBytes: this.pendingBytes, message: `${this.pendingBytes} bytes of writes are waiting for the disk (limit ${this.config.maxPendingBytes}); retry shortly` }), undefined)
+    }
+    if (this.nextLsn > MAX_LSN) {
+      this.failStop(`the log sequence number space is exhausted (${MAX_LSN})`)
+      return cb(this.failure, undefined)
+    }
     const lsn = this.nextLsn++
-    const timestamp = this.config.now()
-    const buf = Buffer.allocUnsafe(encodedSize(k.length, mlen, vlen))
-    encodeInto({ type, lsn, timestamp, key: k, meta, value }, buf, 0)
-    this.pending.push({ buf, key, lsn, timestamp, type, cb })
+    this.pending.push({ type, key, k, partition, value: type === RecordType.Tombstone ? undefined : value, meta, size, lsn, timestamp: this.config.now(), cb, hashHi: 0, hashLo: 0 })
+    this.pendingBytes += size
     this.scheduleFlush()
   }
 
@@ -408,95 +413,165 @@ export class Log {
     this.flushQueued = true
     queueMicrotask(() => {
       this.flushQueued = false
-      if (!this.flushing) this.flush()
+      this.flush()
     })
   }
 
-  private flush(): void {
-    if (this.pending.length === 0) {
-      for (const d of this.drained.splice(0)) d()
-      return
-    }
-    this.flushing = true
-    const batch = this.config.fsync === "always" ? this.pending.splice(0, 1) : this.pending.splice(0)
-    let total = 0
-    for (const p of batch) total += p.buf.length
-    const fail = (e: unknown) => {
-      const err = e instanceof EngineClosed ? e : fromFsError(this.active.file, e)
-      for (const p of batch) p.cb(err, undefined)
-      this.flushing = false
-      this.flush()
-    }
-    try {
-      if (this.active.size > 0 && this.active.size + total > this.config.maxSegmentBytes) this.rotate()
-    } catch (e) {
-      return fail(e)
-    }
-    const seg = this.active
-    const pos = seg.size
-    const data = batch.length === 1 ? batch[0]!.buf : Buffer.concat(batch.map((p) => p.buf), total)
-    try {
-      this.files.writeAll(seg.fd, data, 0, total, pos)
-    } catch (e) {
-      this.rollback(seg, pos)
-      return fail(e)
-    }
-    if (this.config.fsync === "never") return this.commit(seg, pos, batch)
-    const t0 = performance.now()
-    this.files.datasync(seg.fd).then(
-      () => {
-        this.stats.fsyncs++
-        this.stats.fsyncSeconds += (performance.now() - t0) / 1000
-        this.commit(seg, pos, batch)
-      },
-      (e) => {
-        // After a failed fsync the page cache's state is unknown (PostgreSQL's "fsyncgate"):
-        // cut the batch off and make sure the cut is durable, or stop taking writes.
-        if (!this.rollback(seg, pos)) {
-          this.failed = new EngineClosed({ message: `fsync failed on ${seg.file} and could not be undone; restart the node` })
-        }
-        fail(e)
+  /** Fails a batch's writers; a throwing callback does not stop the others. */
+  private failBatch(batch: ReadonlyArray<Pending>, err: WriteError): void {
+    for (const p of batch) {
+      try {
+        p.cb(err, undefined)
+      } catch {
+        // the caller's bug; the log goes on
       }
-    )
+    }
   }
 
-  /** Cuts a failed batch off the file. False if even that failed. */
+  /** Writes batches until one waits for its fsync or nothing is pending. Iterative: no recursion per failed batch. */
+  private flush(): void {
+    if (this.flushing) return
+    for (;;) {
+      if (this.pending.length === 0) {
+        for (const d of this.drained.splice(0)) d()
+        return
+      }
+      if (this.failure !== undefined) {
+        const all = this.pending.splice(0)
+        this.pendingBytes = 0
+        this.failBatch(all, this.failure)
+        continue
+      }
+      const first = this.pending[0]!
+      if (this.active.size > this.active.dataStart && this.active.size + first.size > this.config.maxSegmentBytes) {
+        try {
+          this.rotate()
+        } catch (e) {
+          const batch = this.pending.splice(0, 1)
+          this.pendingBytes -= first.size
+          this.failBatch(batch, fromFsError(this.config.dir, e))
+          continue
+        }
+      }
+      const seg = this.active
+      // A record larger than a segment goes alone into an empty one.
+      const room = Math.max(this.config.maxSegmentBytes - seg.size, first.size)
+      const limit = Math.max(this.config.maxBatchBytes, first.size)
+      let n = 0
+      let total = 0
+      while (n < this.pending.length) {
+        const s = this.pending[n]!.size
+        if (n > 0 && (total + s > room || total + s > limit || this.config.fsync === "always")) break
+        total += s
+        n++
+      }
+      const batch = this.pending.splice(0, n)
+      this.pendingBytes -= total
+      const buf = Buffer.allocUnsafe(total)
+      let at = 0
+      for (const p of batch) {
+        encodeInto({ type: p.type, lsn: p.lsn, timestamp: p.timestamp, partition: p.partition, key: p.k, meta: p.meta, value: p.value }, buf, at, seg.salt)
+        hashRecordInto(buf, at, p.size)
+        p.hashHi = scratch.hi
+        p.hashLo = scratch.lo
+        at += p.size
+      }
+      const pos = seg.size
+      try {
+        this.files.writeAll(seg.fd, buf, 0, total, pos)
+      } catch (e) {
+        const err = fromFsError(seg.file, e)
+        if (err._tag === "DiskFull" && this.rollback(seg, pos)) this.failBatch(batch, err)
+        else {
+          this.failStop(`writing to ${seg.file} failed (${err.message}); the file's state is unknown`)
+          this.failBatch(batch, this.failure!)
+        }
+        continue
+      }
+      if (this.config.fsync === "never") {
+        this.commit(seg, pos, batch)
+        continue
+      }
+      this.flushing = true
+      const t0 = performance.now()
+      this.files.datasync(seg.fd).then(
+        () => {
+          this.stats.fsyncs++
+          this.stats.fsyncSeconds += (performance.now() - t0) / 1000
+          this.flushing = false
+          this.commit(seg, pos, batch)
+          this.scheduleFlush()
+        },
+        (e) => {
+          // After a failed fsync the page cache's state is unknown (PostgreSQL's "fsyncgate"):
+          // retrying or truncating cannot be trusted, so the log stops taking writes.
+          this.flushing = false
+          this.failStop(`fsync of ${seg.file} failed (${fromFsError(seg.file, e).message}); restart the node to recover`)
+          this.failBatch(batch, this.failure!)
+          this.flush()
+        }
+      )
+      return
+    }
+  }
+
+  /** Cuts a batch that a full disk refused off the file. False if even that failed. */
   private rollback(seg: Segment, pos: number): boolean {
     try {
       this.files.truncate(seg.fd, pos)
       this.files.datasyncSync(seg.fd)
+      seg.allocated = pos
       return true
     } catch {
       return false
     }
   }
 
+  /** Makes the log fail-stop (see the module comment). Idempotent. */
+  failStop(reason: string): void {
+    if (this.failure !== undefined) return
+    this.failure = new StorageFailed({ message: `storage stopped taking writes: ${reason}` })
+    this.stats.failed = 1
+    try {
+      this.config.onFailure?.(this.failure)
+    } catch {
+      // a listener's bug must not hide the failure
+    }
+  }
+
+  /** Why the log stopped taking writes, if it did. */
+  get failed(): StorageFailed | undefined {
+    return this.failure
+  }
+
   private commit(seg: Segment, pos: number, batch: Pending[]): void {
     let off = pos
     for (const p of batch) {
-      const size = p.buf.length
       const tomb = p.type === RecordType.Tombstone
-      this.place(p.key, seg, off, size, p.lsn, tomb)
-      this.activeHints.set(p.key, { key: p.key, lsn: p.lsn, offset: off, size, tombstone: tomb })
+      this.place(p.key, seg, off, p.size, p.lsn, tomb, p.partition, p.hashHi, p.hashLo)
+      this.activeHints.set(p.key, { key: p.key, lsn: p.lsn, offset: off, size: p.size, tombstone: tomb, partition: p.partition, hashHi: p.hashHi, hashLo: p.hashLo })
       if (p.lsn < seg.minLsn) seg.minLsn = p.lsn
       seg.maxLsn = p.lsn
-      off += size
+      off += p.size
     }
     seg.size = off
     this.committedLsn = batch[batch.length - 1]!.lsn
     this.stats.batches++
     this.stats.records += batch.length
-    for (const p of batch) p.cb(undefined, { lsn: p.lsn, timestamp: p.timestamp })
+    for (const p of batch) {
+      try {
+        p.cb(undefined, { lsn: p.lsn, timestamp: p.timestamp })
+      } catch {
+        // the caller's bug; the log goes on
+      }
+    }
     for (const w of this.waiters.splice(0)) w()
-    this.flushing = false
-    if (this.pending.length > 0) this.scheduleFlush()
-    else for (const d of this.drained.splice(0)) d()
   }
 
   /** Points the index at a newer record, keeping per-segment live bytes exact. */
-  place(key: string, seg: Segment, offset: number, size: number, lsn: number, tombstone: boolean): boolean {
+  place(key: string, seg: Segment, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): boolean {
     const idx = this.index
-    if (!idx.replaceIfNewer(key, seg.id, offset, size, lsn, tombstone)) return false
+    if (!idx.replaceIfNewer(key, seg.id, offset, size, lsn, tombstone, partition, hashHi, hashLo)) return false
     if (idx.replacedSegment >= 0) {
       const os = this.segments.get(idx.replacedSegment)
       if (os !== undefined) os.live -= idx.replacedSize
@@ -512,21 +587,27 @@ export class Log {
     const loc = this.index.get(key)
     if (loc === undefined) return undefined
     const seg = this.segments.get(loc.segment)!
-    const buf = Buffer.allocUnsafe(loc.size)
-    const n = this.files.read(seg.fd, buf, 0, loc.size, loc.offset)
-    if (n !== loc.size || probe(buf, 0, loc.size)._tag !== "ok") {
+    const buf = this.readRaw(seg, loc.offset, loc.size)
+    const r = buf === undefined ? undefined : decodeValid(buf, 0)
+    // The record must be the one the index names: a stale location is as bad as a bad CRC.
+    if (r === undefined || r.lsn !== loc.lsn || Buffer.from(r.key.buffer, r.key.byteOffset, r.key.length).toString("utf8") !== key) {
       this.stats.corruptions++
-      throw new CorruptRecord({ segment: seg.id, offset: loc.offset, message: `record of key ${JSON.stringify(key)} in segment ${seg.id} at ${loc.offset} failed its checksum; the value is not returned` })
+      throw new CorruptRecord({ segment: seg.id, offset: loc.offset, message: `record of key ${JSON.stringify(key)} in segment ${seg.id} at ${loc.offset} is damaged or not the indexed one; the value is not returned` })
     }
-    const r = decodeValid(buf, 0)
-    return { key, type: r.type, lsn: r.lsn, timestamp: r.timestamp, meta: r.meta, value: r.value }
+    return { key, type: r.type, lsn: r.lsn, timestamp: r.timestamp, partition: loc.partition, meta: r.meta, value: r.value }
   }
 
-  /** Reads the raw bytes of a record and checks them; undefined if damaged. */
+  /** The content hash of the newest record of `key`, or undefined. No disk read. */
+  contentHash(key: string): ContentHash | undefined {
+    const loc = this.index.get(key)
+    return loc === undefined ? undefined : { hi: loc.hashHi, lo: loc.hashLo }
+  }
+
+  /** Reads the raw bytes of a record and checks them under its segment's salt; undefined if damaged. */
   readRaw(seg: Segment, offset: number, size: number): Buffer | undefined {
     const buf = Buffer.allocUnsafe(size)
     const n = this.files.read(seg.fd, buf, 0, size, offset)
-    return n === size && probe(buf, 0, size)._tag === "ok" ? buf : undefined
+    return n === size && probe(buf, 0, size, seg.salt)._tag === "ok" ? buf : undefined
   }
 
   /** Calls `f` once the next commit lands (or at close). */
@@ -534,10 +615,57 @@ export class Log {
     this.waiters.push(f)
   }
 
+  // ---- partitions ----------------------------------------------------------------------
+
+  /** Keys (tombstones included) in `partition`. */
+  countPartition(partition: number): number {
+    return this.index.countOf(partition)
+  }
+
+  /**
+   * Drops every record of `partition` written so far, durably: after return (and after a
+   * crash) none of them is read, streamed or kept by compaction. Writes to the partition
+   * accepted later are kept. Cheap: one small file written, the index walked once.
+   */
+  async dropPartition(partition: number): Promise<number> {
+    if (!isPartition(partition)) throw new RangeError(`partition must be an integer in 0..${MAX_PARTITION}; got ${partition}`)
+    if (this.closed) throw new EngineClosed({ message: "the storage engine is closed" })
+    const through = this.nextLsn - 1
+    await this.drain()
+    this.drops.set(partition, Math.max(this.drops.get(partition) ?? 0, through))
+    this.saveState()
+    return this.forgetDropped(partition, through)
+  }
+
+  /** Removes from the index the keys of `partition` at or below `through`; returns how many. */
+  forgetDropped(partition: number, through: number): number {
+    let n = 0
+    for (const key of this.index.keysOf(partition)) {
+      const loc = this.index.get(key)!
+      if (loc.lsn > through) continue
+      this.index.delete(key)
+      const s = this.segments.get(loc.segment)
+      if (s !== undefined) s.live -= loc.size
+      n++
+    }
+    return n
+  }
+
+  /** Whether a record of `partition` with `lsn` was dropped. */
+  isDropped(partition: number, lsn: number): boolean {
+    const d = this.drops.get(partition)
+    return d !== undefined && lsn <= d
+  }
+
+  /** Persists compactedThrough and the partition drops (STATE). */
+  saveState(): void {
+    writeFileDurable(this.files, path.join(this.config.dir, STATE_FILE), encodeState({ compactedThrough: this.compactedThrough, drops: this.drops }))
+  }
+
   // ---- life cycle ----------------------------------------------------------------------
 
   /** Settings that can change on an open log. */
-  reconfigure(patch: Partial<Pick<LogConfig, "maxValueBytes" | "maxMetaBytes" | "compactDeadRatio" | "compactDeadBytes" | "compactSmallBytes" | "tombstoneGraceMs">>): void {
+  reconfigure(patch: Partial<Pick<LogConfig, "maxValueBytes" | "maxMetaBytes" | "maxPendingBytes" | "compactDeadRatio" | "compactDeadBytes" | "compactSmallBytes" | "tombstoneGraceMs" | "compactBytesPerSecond">>): void {
     this.config = { ...this.config, ...patch }
   }
 
@@ -545,10 +673,21 @@ export class Log {
     return this.closed
   }
 
+  /** Highest LSN made visible (the same as `committedLsn`). */
+  get lastLsn(): number {
+    return this.committedLsn
+  }
+
   /** Waits for every accepted write to be acknowledged or failed. */
   drain(): Promise<void> {
-    if (!this.flushing && this.pending.length === 0) return Promise.resolve()
+    if (!this.flushing && !this.flushQueued && this.pending.length === 0) return Promise.resolve()
     return new Promise((resolve) => this.drained.push(resolve))
+  }
+
+  /** Waits for background sealing work (trims, hints, the spare segment). */
+  async settle(): Promise<void> {
+    await this.background
+    await this.spareMaking
   }
 
   /** Stops taking writes, finishes those accepted, seals the active segment, releases the lock. */
@@ -556,29 +695,32 @@ export class Log {
     if (this.closed) return
     this.closed = true
     await this.drain()
+    await this.settle()
     const a = this.active
     try {
-      if (a.size > 0) {
+      if (a.size > a.dataStart) {
+        if (a.allocated > a.size) this.files.truncate(a.fd, a.size)
         this.files.datasyncSync(a.fd)
-        this.writeHint(a, [...this.activeHints.values()])
+        this.writeHintNow(a, [...this.activeHints.values()])
       }
     } finally {
       for (const s of this.segments.values()) {
-        if (s === a && a.size === 0) this.dropSegment(a)
+        if (s === a && a.size <= a.dataStart) this.dropSegment(a)
         else this.files.close(s.fd)
       }
+      if (this.spare !== undefined) unlinkSegment(this.files, this.config.dir, this.spare)
       for (const w of this.waiters.splice(0)) w()
       this.unlock()
     }
   }
 
   /**
-   * Test seam: forgets this open log as a crash would, without flushing, sealing or
-   * removing the lock file, so the same process can reopen the directory.
+   * Test seam: forgets this open log as a crash would, without flushing or sealing; the lock
+   * is released (the process "died"), the LOCK file is left, so the same process can reopen.
    */
   abandonForTest(): void {
     this.closed = true
-    lockedHere.delete(path.resolve(this.config.dir))
+    this.unlock()
   }
 
   /** Current figures. */
@@ -586,82 +728,12 @@ export class Log {
     let bytes = 0
     let live = 0
     for (const s of this.segments.values()) {
-      bytes += s.size
+      bytes += s.size - s.dataStart
       live += s.live
     }
     return { ...this.stats, keys: this.index.size, segments: this.segments.size, bytes, liveBytes: live, deadBytes: bytes - live, lastLsn: this.committedLsn }
-  }
-
-  /** Path helpers for Compaction.ts. */
-  pathOf(id: number, kind: "seg" | "hint"): string {
-    return kind === "seg" ? this.segPath(id) : this.hintPath(id)
-  }
-
-  /** Registers a finished compaction output as a sealed segment. */
-  adoptSegment(id: number, size: number, minLsn: number, maxLsn: number): Segment {
-    const file = this.segPath(id)
-    const seg: Segment = { id, file, fd: this.files.open(file, false), size, live: 0, minLsn, maxLsn, sealed: true, removed: false, damaged: 0 }
-    this.segments.set(id, seg)
-    return seg
-  }
-
-  /** Writes a hint for a sealed segment from its entries. */
-  sealHint(seg: Segment, entries: HintEntry[]): void {
-    this.writeHint(seg, entries)
-  }
-}
-
-const lockedHere = new Set<string>()
-
-const processAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
-
-/**
- * Completes or undoes a compaction a crash interrupted. With a manifest, its outputs are
- * whole: rename any left as .tmp and delete the inputs. Without one, the .tmp outputs are
- * incomplete and are deleted by the caller.
- */
-export const finishCompaction = (files: FilesApi, dir: string): void => {
-  const manifest = path.join(dir, MERGE_MANIFEST)
-  if (!files.exists(manifest)) return
-  const m = decodeManifest(files.readFile(manifest))
-  if (m !== undefined) {
-    for (const id of m.outputs) {
-      const tmp = path.join(dir, `${segName(id)}.tmp`)
-      if (files.exists(tmp)) files.rename(tmp, path.join(dir, segName(id)))
-    }
-    for (const id of m.inputs) {
-      for (const f of [segName(id), hintName(id)]) if (files.exists(path.join(dir, f))) files.unlink(path.join(dir, f))
-    }
-    files.syncDir(dir)
-  }
-  files.unlink(manifest)
-  files.syncDir(dir)
-}
-
-/** The compaction manifest: which outputs replace which inputs. JSON with a CRC line. */
-export const encodeManifest = (m: { inputs: number[]; outputs: number[] }): Buffer => {
-  const body = JSON.stringify(m)
-  return Buffer.from(`${body}\n${crc32(Buffer.from(body))}\n`)
-}
-
-const decodeManifest = (buf: Buffer): { inputs: number[]; outputs: number[] } | undefined => {
-  const [body, sum] = buf.toString("utf8").split("\n")
-  if (body === undefined || sum === undefined || String(crc32(Buffer.from(body))) !== sum) return undefined
-  try {
-    const m = JSON.parse(body) as { inputs: number[]; outputs: number[] }
-    return Array.isArray(m.inputs) && Array.isArray(m.outputs) ? m : undefined
-  } catch {
-    return undefined
   }
 }
 
 /** Segment and hint file names, for Compaction.ts and tests. */
 export const fileNames = { segName, hintName }
-

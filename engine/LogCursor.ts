@@ -8,8 +8,11 @@
  * a compaction output: the cursor keeps an LSN watermark, not file positions, as its truth,
  * so it skips what it already delivered and never delivers an LSN twice. Records that were
  * superseded and compacted away before the cursor reached them are not delivered; the
- * newest record of every key always is.
+ * newest record of every key always is. A `strict` cursor (the engine's `changes`) refuses
+ * instead, with SnapshotRequired, once compaction may have removed history it has not read.
+ * Records of dropped partitions are never delivered.
  */
+import { SnapshotRequired } from "./Errors.ts"
 import { decodeValid, probe, type LogRecord } from "./Record.ts"
 import { findNextRecord } from "./Recovery.ts"
 import type { Entry, Log, Segment } from "./Log.ts"
@@ -35,9 +38,24 @@ export class LogCursor {
   private readonly readers = new Map<number, Reader>()
   private readonly log: Log
 
-  constructor(log: Log, fromLsn: number) {
+  private readonly strict: boolean
+
+  constructor(log: Log, fromLsn: number, options?: { readonly strict?: boolean }) {
     this.log = log
     this.next = Math.max(1, fromLsn)
+    this.strict = options?.strict === true
+    this.check()
+  }
+
+  /** Fails a strict cursor whose unread history compaction may have removed. */
+  private check(): void {
+    if (this.strict && this.log.compactedThrough >= this.next) {
+      throw new SnapshotRequired({
+        fromLsn: this.next,
+        lowWatermark: this.log.compactedThrough + 1,
+        message: `records from LSN ${this.next} may have been compacted away (history is complete from ${this.log.compactedThrough + 1}); take a snapshot of the partitions and read changes from its LSN`
+      })
+    }
   }
 
   /** Whether committed records at or past `next` exist. */
@@ -48,11 +66,12 @@ export class LogCursor {
   /** Reads up to `maxRecords` / about `maxBytes` of records, in LSN order. */
   readPage(maxRecords = 512, maxBytes = 4 * CHUNK): Entry[] {
     const out: Entry[] = []
+    this.check()
     if (!this.hasMore) return out
     for (const [id, r] of this.readers) if (r.seg.removed) this.readers.delete(id)
     for (const seg of this.log.segments.values()) {
       if (seg.maxLsn >= this.next && !this.readers.has(seg.id)) {
-        this.readers.set(seg.id, { seg, pos: 0, buf: Buffer.alloc(0), bufAt: 0, bufLen: 0, head: undefined, headSize: 0 })
+        this.readers.set(seg.id, { seg, pos: seg.dataStart, buf: Buffer.alloc(0), bufAt: 0, bufLen: 0, head: undefined, headSize: 0 })
       }
     }
     let bytes = 0
@@ -68,11 +87,16 @@ export class LogCursor {
       best.head = undefined
       this.next = rec.lsn + 1
       bytes += best.headSize
+      const partition = best.seg.kind === "legacy" ? -1 : rec.partition
+      const key = Buffer.from(rec.key.buffer, rec.key.byteOffset, rec.key.length).toString("utf8")
+      const p = partition < 0 ? this.log.config.partitionOf(key) : partition
+      if (this.log.isDropped(p, rec.lsn)) continue
       out.push({
-        key: Buffer.from(rec.key.buffer, rec.key.byteOffset, rec.key.length).toString("utf8"),
+        key,
         type: rec.type,
         lsn: rec.lsn,
         timestamp: rec.timestamp,
+        partition: p,
         meta: Uint8Array.prototype.slice.call(rec.meta),
         value: Uint8Array.prototype.slice.call(rec.value)
       })
@@ -86,19 +110,21 @@ export class LogCursor {
       const limit = r.seg.size
       if (r.pos >= limit || r.seg.maxLsn < this.next) return undefined
       let at = r.pos - r.bufAt
-      let p = r.bufLen - at >= 0 && at >= 0 ? probe(r.buf, at, r.bufLen) : ({ _tag: "short", need: 0 } as const)
+      const seed = r.seg.salt
+      let p = r.bufLen - at >= 0 && at >= 0 ? probe(r.buf, at, r.bufLen, seed) : ({ _tag: "short", need: 0 } as const)
       if (p._tag === "short") {
         this.fill(r, Math.max(CHUNK, p._tag === "short" ? p.need : 0))
         at = 0
-        p = probe(r.buf, 0, r.bufLen)
+        p = probe(r.buf, 0, r.bufLen, seed)
       }
       if (p._tag === "short") {
         r.pos = limit // a torn tail recovery already reported: nothing more here
         return undefined
       }
-      if (p._tag === "bad") {
+      if (p._tag === "bad" || p._tag === "future") {
+        // Damage recovery reported at start-up (an open log never holds a newer format).
         this.fill(r, limit - r.pos)
-        const q = findNextRecord(r.buf, 1, r.bufLen)
+        const q = findNextRecord(r.buf, 1, r.bufLen, seed, 0)
         r.pos = q < 0 ? limit : r.pos + q
         continue
       }

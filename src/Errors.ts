@@ -14,7 +14,7 @@ export const errorCodes = {
   value_too_large: { status: 413, meaning: "the value, or the object with its siblings, is over the limit" },
   quorum_not_met: { status: 503, meaning: "fewer replicas answered than r or w require; carries `needed` and `got`" },
   storage_error: { status: 503, meaning: "this node's storage failed (I/O error, damaged record, engine stopped); retry on another node" },
-  unavailable: { status: 503, meaning: "the node is shutting down" },
+  unavailable: { status: 503, meaning: "the node is shutting down, or its storage has more writes waiting than it accepts; retry shortly" },
   timeout: { status: 504, meaning: "the replicas did not answer within `timeout` ms" },
   disk_full: { status: 507, meaning: "a replica's disk is full; nothing was written there" },
   internal_error: { status: 500, meaning: "a bug: no input should cause it; please report it with the node's log" }
@@ -56,10 +56,16 @@ export const fromEngineError = (e: EngineError): ApiError => {
       return apiError("value_too_large", e.message)
     case "DiskFull":
       return apiError("disk_full", e.message)
+    case "Overloaded":
+      return apiError("unavailable", e.message)
     case "IoError":
     case "CorruptRecord":
     case "EngineClosed":
     case "DataDirLocked":
+    case "StorageFailed":
+    case "UnknownFormat":
+    case "CorruptFile":
+    case "SnapshotRequired":
       return apiError("storage_error", e.message)
   }
 }

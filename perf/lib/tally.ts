@@ -63,7 +63,7 @@ const appendRange = (log: Log, from: number, to: number, window: number) =>
       while (!failed && inflight < window && next < to) {
         const i = next++
         inflight++
-        log.append(RecordType.Put, keyOf(i), valueOf(i), undefined, done)
+        log.append(RecordType.Put, keyOf(i), 0, valueOf(i), undefined, done)
       }
       if (inflight === 0 && next >= to) resolve()
     }
@@ -72,7 +72,7 @@ const appendRange = (log: Log, from: number, to: number, window: number) =>
 
 const appendOne = (log: Log, key: string, value: Uint8Array) =>
   new Promise<Written>((resolve, reject) =>
-    log.append(RecordType.Put, key, value, undefined, (err, w) => (err !== undefined ? reject(err) : resolve(w!)))
+    log.append(RecordType.Put, key, 0, value, undefined, (err, w) => (err !== undefined ? reject(err) : resolve(w!)))
   )
 
 const reopen = async (dir: string): Promise<Startup> => {
@@ -170,7 +170,7 @@ export const runTally = async (o: RunOptions): Promise<TallyResult> => {
             const worker = Effect.gen(function*() {
               while (performance.now() < end) {
                 const k = w
-                yield* e.put(nextKey(), valueOf(k))
+                yield* e.put(nextKey(), 0, valueOf(k))
                 meter.hit()
               }
             })

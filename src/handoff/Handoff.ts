@@ -14,6 +14,7 @@ import { LogCursor } from "../../engine/LogCursor.ts"
 import { RecordType } from "../../engine/Record.ts"
 import { apiError, type ApiError } from "../Errors.ts"
 import { KeyLocks } from "../replica/KeyLocks.ts"
+import { partitionOf } from "../ring/Ring.ts"
 import * as Dvv from "../versions/Dvv.ts"
 import { allDeleted, decodeObject, encodeObject, objectBytes, type StoredObject } from "../versions/Sibling.ts"
 
@@ -22,6 +23,8 @@ export interface HandoffConfig {
   readonly dataDir: string
   readonly files: FilesApi
   readonly fsync: "always" | "batch" | "never"
+  /** Ring size: parked records carry their key's partition, as every record does. */
+  readonly partitions: number
   /** Most records shipped per second to one owner. */
   readonly ratePerSecond?: number
   /** Records per batch. */
@@ -78,7 +81,8 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
     if (p !== undefined) return p
     const dir = path.join(root, owner)
     // Parked logs keep their tombstones: the owner must learn of every delete.
-    const log = Log.open(config.files, { ...defaultLogConfig, dir, fsync: config.fsync, maxValueBytes: 64 * 1024 * 1024, tombstoneGraceMs: Number.MAX_SAFE_INTEGER })
+    // No preallocation: a parked log per owner is usually small and short-lived.
+    const log = Log.open(config.files, { ...defaultLogConfig, dir, fsync: config.fsync, preallocate: false, maxValueBytes: 64 * 1024 * 1024, tombstoneGraceMs: Number.MAX_SAFE_INTEGER, partitionOf: (k) => partitionOf(k, config.partitions) })
     const shippedFile = path.join(dir, SHIPPED)
     const shipped = config.files.exists(shippedFile) ? Number(config.files.readFile(shippedFile).toString("utf8")) || 0 : 0
     p = { owner, log, shipped, cursor: undefined, inflight: 0 }
@@ -102,7 +106,7 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
     Effect.callback<void, ApiError>((resume) => {
       const bytes = encodeObject(o)
       const tomb = allDeleted(o)
-      p.log.append(tomb ? RecordType.Tombstone : RecordType.Put, key, tomb ? undefined : bytes, tomb ? bytes : undefined, (err) =>
+      p.log.append(tomb ? RecordType.Tombstone : RecordType.Put, key, partitionOf(key, config.partitions), tomb ? undefined : bytes, tomb ? bytes : undefined, (err) =>
         resume(err === undefined ? Effect.void : Effect.fail(apiError(err._tag === "DiskFull" ? "disk_full" : "storage_error", `parking a write for ${p.owner}: ${err.message}`)))
       )
     })
@@ -148,7 +152,7 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
       }
       // Everything acknowledged and no park in flight: the log has done its job. It is moved
       // aside first, so a park arriving now starts a fresh log instead of joining this one.
-      if (p.log.committedLsn <= p.shipped && p.inflight === 0 && parked.get(owner) === p) {
+      if (p.log.lastLsn <= p.shipped && p.inflight === 0 && parked.get(owner) === p) {
         parked.delete(owner)
         const done = path.join(root, `.${owner}.done-${Date.now()}`)
         config.files.renameDir(path.join(root, owner), done)
@@ -165,7 +169,7 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
       const p = parked.get(owner)
       return p === undefined ? undefined : readIn(p, key)
     }),
-    pending: () => new Map([...parked.values()].map((p) => [p.owner, Math.max(0, p.log.committedLsn - p.shipped)])),
+    pending: () => new Map([...parked.values()].map((p) => [p.owner, Math.max(0, p.log.lastLsn - p.shipped)])),
     drain
   })
 })

@@ -12,11 +12,14 @@ import type { EngineError } from "../../engine/Errors.ts"
 import { apiError, fromEngineError, type ApiError } from "../Errors.ts"
 import * as Dvv from "../versions/Dvv.ts"
 import { allDeleted, decodeObject, encodeObject, objectBytes, type Sibling, type StoredObject } from "../versions/Sibling.ts"
+import { partitionOf } from "../ring/Ring.ts"
 import { KeyLocks } from "./KeyLocks.ts"
 
 /** Replica limits. */
 export interface ReplicaConfig {
   readonly nodeId: string
+  /** Ring size: every record is stored under its key's partition. */
+  readonly partitions: number
   /** Log a warning when a key reaches this many siblings. */
   readonly siblingWarn: number
   /** Refuse client writes that would leave more siblings than this. */
@@ -28,7 +31,7 @@ export interface ReplicaConfig {
 }
 
 /** Defaults (Riak's sibling thresholds). */
-export const defaultReplicaConfig: Omit<ReplicaConfig, "nodeId"> = {
+export const defaultReplicaConfig: Omit<ReplicaConfig, "nodeId" | "partitions"> = {
   siblingWarn: 25,
   siblingMax: 100,
   maxObjectBytes: 16 * 1024 * 1024,
@@ -87,15 +90,17 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
     )
   const readNow = (key: string) => readEncoded(key).pipe(Effect.map((r) => r?.object))
 
-  const store = (key: string, o: StoredObject, bytes: Uint8Array) =>
-    (allDeleted(o) ? engine.remove(key, bytes) : engine.put(key, bytes)).pipe(Effect.mapError(mapEngine))
+  const store = (key: string, o: StoredObject, bytes: Uint8Array) => {
+    const p = partitionOf(key, config.partitions)
+    return (allDeleted(o) ? engine.remove(key, p, bytes) : engine.put(key, p, bytes)).pipe(Effect.mapError(mapEngine))
+  }
 
   const coordinate = (key: string, context: Dvv.Context, sibling: Sibling) =>
     locks.with(key, Effect.gen(function*() {
       // A key with no record here (new, or its tombstone was reaped) starts its counter above
       // this node's LSN: every dot this node made for the key before had a lower counter, so
       // a reaped key can never reuse a dot another replica still remembers.
-      const local = (yield* readNow(key)) ?? { entries: [], floor: engine.log.nextLsn }
+      const local = (yield* readNow(key)) ?? { entries: [], floor: yield* engine.nextLsn }
       const updated = Dvv.prune(Dvv.update(local, context, config.nodeId, sibling), config.maxVectorEntries)
       const n = Dvv.size(updated)
       if (n > config.siblingMax) {

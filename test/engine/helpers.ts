@@ -6,13 +6,13 @@ import { RecordType } from "../../engine/Record.ts"
 export const openLog = (files: FilesApi, dir: string, config: Partial<LogConfig> = {}): Log =>
   Log.open(files, { ...defaultLogConfig, tombstoneGraceMs: 0, ...config, dir })
 
-export const put = (log: Log, key: string, value: string | Uint8Array, meta?: Uint8Array): Promise<Written> =>
+export const put = (log: Log, key: string, value: string | Uint8Array, meta?: Uint8Array, partition = 0): Promise<Written> =>
   new Promise((resolve, reject) =>
-    log.append(RecordType.Put, key, typeof value === "string" ? Buffer.from(value) : value, meta, (err, w) => (err ? reject(err) : resolve(w!)))
+    log.append(RecordType.Put, key, partition, typeof value === "string" ? Buffer.from(value) : value, meta, (err, w) => (err ? reject(err) : resolve(w!)))
   )
 
-export const del = (log: Log, key: string): Promise<Written> =>
-  new Promise((resolve, reject) => log.append(RecordType.Tombstone, key, undefined, undefined, (err, w) => (err ? reject(err) : resolve(w!))))
+export const del = (log: Log, key: string, partition = 0): Promise<Written> =>
+  new Promise((resolve, reject) => log.append(RecordType.Tombstone, key, partition, undefined, undefined, (err, w) => (err ? reject(err) : resolve(w!))))
 
 /** The value of `key` as a string, "<deleted>" for a tombstone, undefined if absent. */
 export const valueOf = (log: Log, key: string): string | undefined => {

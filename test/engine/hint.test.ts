@@ -58,7 +58,7 @@ t.test("a damaged, stale or foreign hint file is ignored and its segment scanned
   const h3buf = files.readFile(h3!)
   const header = readHintHeader(h3buf)!
   const entries: Parameters<typeof encodeHint>[1][number][] = []
-  forEachHint(h3buf, (key, lsn, offset, size, tombstone) => entries.push({ key, lsn, offset, size, tombstone }))
+  forEachHint(h3buf, (key, lsn, offset, size, tombstone, partition, hashHi, hashLo) => entries.push({ key, lsn, offset, size, tombstone, partition, hashHi, hashLo }))
   write(h3!, encodeHint({ ...header, segmentSize: header.segmentSize + 1 }, entries))
   const log = openLog(files, DIR)
   t.ok(log.stats.startupKeysFromScans > 0, "three segments scanned")

@@ -48,16 +48,16 @@ t.test("a stream survives compaction: no LSN twice, the newest of every key deli
   await log.close()
 })
 
-t.test("Engine.stream follows live commits", async (t) => {
+t.test("Engine.changes follows live commits", async (t) => {
   const got = await Effect.runPromise(
     Effect.scoped(Effect.gen(function*() {
       const e = yield* Engine
-      yield* e.put("a", Buffer.from("1"))
-      const fiber = yield* e.stream(1).pipe(Stream.take(4), Stream.runCollect, Effect.forkChild)
+      yield* e.put("a", 0, Buffer.from("1"))
+      const fiber = yield* e.changes(1).pipe(Stream.take(4), Stream.runCollect, Effect.forkChild)
       yield* Effect.sleep("10 millis")
-      yield* e.put("b", Buffer.from("2"))
-      yield* e.remove("a")
-      yield* e.put("c", Buffer.from("3"))
+      yield* e.put("b", 0, Buffer.from("2"))
+      yield* e.remove("a", 0)
+      yield* e.put("c", 0, Buffer.from("3"))
       return yield* Fiber.join(fiber)
     }).pipe(Effect.provide(Engine.layerMemory({ dir: DIR, compactionIntervalMs: 0 }))))
   )
@@ -69,8 +69,8 @@ t.test("a finite stream ends at the newest committed record", async (t) => {
   const got = await Effect.runPromise(
     Effect.scoped(Effect.gen(function*() {
       const e = yield* Engine
-      for (let i = 0; i < 1500; i++) yield* e.put(`k${i}`, Buffer.from(String(i)))
-      return yield* Stream.runCollect(e.stream(1001, { follow: false, pageSize: 64 }))
+      for (let i = 0; i < 1500; i++) yield* e.put(`k${i}`, 0, Buffer.from(String(i)))
+      return yield* Stream.runCollect(e.changes(1001, { follow: false, pageSize: 64 }))
     }).pipe(Effect.provide(Engine.layerMemory({ dir: DIR, compactionIntervalMs: 0, maxSegmentBytes: 8192 }))))
   )
   const lsns = [...got].map((e) => e.lsn)
