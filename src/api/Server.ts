@@ -22,8 +22,11 @@ export interface ApiDeps {
   /** Current request defaults and limits (live settings). */
   readonly settings: () => RequestDefaults & { readonly maxValueBytes: number }
   readonly metrics: Metrics
-  /** Extra fields for GET /health. */
-  readonly health: () => Record<string, unknown>
+  /**
+   * GET /health: `status` "ok" answers 200; anything else ("degraded", "joining") answers
+   * 503 with the `reason`. Other fields are figures.
+   */
+  readonly health: () => { readonly status: string; readonly reason?: string } & Record<string, unknown>
   /** Fault injection, when the node was started with --enable-fault-injection. */
   readonly faults?: { readonly set: (drop: ReadonlyArray<string>) => void; readonly get: () => ReadonlyArray<string> }
   /** The node's logger (pino), shared with the Effect runtime. */
@@ -193,7 +196,10 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
 
   app.get("/ping", { config: { op: "ping" } }, async (_req, reply) => reply.type("text/plain").send("OK"))
 
-  app.get("/health", { config: { op: "health" } }, async () => ({ status: "ok", node: deps.nodeId, ...deps.health() }))
+  app.get("/health", { config: { op: "health" } }, async (_req, reply) => {
+    const h = deps.health()
+    return reply.code(h.status === "ok" ? 200 : 503).send({ node: deps.nodeId, ...h })
+  })
 
   app.get("/metrics", { config: { op: "metrics" } }, async (_req, reply) =>
     reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics())

@@ -55,6 +55,8 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
   counter("tally_engine_batches_total", "Group-commit batches written", (s) => s.batches)
   counter("tally_engine_records_total", "Records written", (s) => s.records)
   counter("tally_engine_corruptions_total", "Damaged records or ranges found", (s) => s.corruptions)
+  gauge("tally_engine_failed", "1 once storage stopped taking writes after an I/O failure it cannot undo (fsync, write, compaction commit); a restart recovers", (s) => s.failed)
+  counter("tally_engine_overloaded_total", "Writes refused because too many bytes were waiting for the disk", (s) => s.overloaded)
   if (cluster !== undefined) {
     new client.Gauge({
       name: "tally_handoff_parked",

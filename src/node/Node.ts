@@ -4,14 +4,15 @@
  * SIGTERM/SIGINT: stop accepting, finish in-flight requests, flush and fsync, release the
  * data directory.
  */
+import { partitionOf } from "../ring/Ring.ts"
 import { Effect, type Exit, Layer, Logger, ManagedRuntime } from "effect"
 import type { FastifyInstance } from "fastify"
 import pino from "pino"
-import { Engine } from "../../engine/Engine.ts"
+import { Engine, type EngineConfig } from "../../engine/Engine.ts"
 import { buildServer } from "../api/Server.ts"
 import type { ApiError } from "../Errors.ts"
 import type { LiveSettingsShape, NodeSettings } from "../config/Settings.ts"
-import { makeMemoryFiles, nodeFilesApi } from "../../engine/Files.ts"
+import { makeMemoryFiles, nodeFilesApi, type FilesApi } from "../../engine/Files.ts"
 import { Coordinator } from "../coordinator/Coordinator.ts"
 import { isDataMessage } from "../coordinator/Messages.ts"
 import { Handoff, shipLoop } from "../handoff/Handoff.ts"
@@ -37,6 +38,8 @@ export interface StartOptions {
   readonly network?: MemoryNetwork
   /** Seeds by node id on the simulated network (with `network`). */
   readonly seedIds?: ReadonlyArray<string>
+  /** The engine's files (with `memory`): a test keeps them to inject faults. */
+  readonly engineFiles?: FilesApi
 }
 
 /** A node assembled but not listening: its Fastify app and how to stop it. */
@@ -64,7 +67,10 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   })
   const cluster = { n: settings.n, partitions: settings.partitions }
   const files = options.memory ? makeMemoryFiles() : nodeFilesApi
-  const engine = (options.memory ? Engine.layerMemory : Engine.layer)({
+  const engineLayer = options.engineFiles !== undefined
+    ? (c: EngineConfig) => Engine.layerFiles(c, options.engineFiles!)
+    : options.memory ? Engine.layerMemory : Engine.layer
+  const engine = engineLayer({
     dir: settings.data,
     fsync: settings.fsync,
     maxValueBytes: defaultReplicaConfig.maxObjectBytes,
@@ -72,7 +78,9 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     compactDeadBytes: settings.compaction.deadBytes,
     compactSmallBytes: settings.compaction.smallBytes,
     tombstoneGraceMs: settings.compaction.tombstoneGraceMs,
-    compactionIntervalMs: settings.compaction.intervalMs
+    compactionIntervalMs: settings.compaction.intervalMs,
+    // Records of the first format carry no partition: the ring's function names it.
+    partitionOf: (key) => partitionOf(key, settings.partitions)
   })
   const transport = options.network !== undefined
     ? Transport.layerMemory(options.network, { nodeId: settings.id, cluster })
@@ -86,9 +94,9 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     ...(options.seedIds === undefined ? {} : { seedPeers: options.seedIds.map((id) => ({ id, host: "memory", port: 0 })) }),
     files
   })
-  const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync })
+  const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync, partitions: settings.partitions })
   const services = Coordinator.layer({ n: settings.n }).pipe(
-    Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id })),
+    Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
     Layer.provideMerge(Layer.mergeAll(engine, handoff)),
     Layer.provideMerge(membership),
     Layer.provideMerge(transport)
@@ -140,7 +148,10 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     settings: () => ({ n: settings.n, r: live.r, w: live.w, timeoutMs: DEFAULT_TIMEOUT_MS, maxValueBytes: live.maxValueBytes }),
     health: () => {
       const s = engineService.log.snapshotStats()
+      const failed = engineService.log.failed
       return {
+        status: failed === undefined ? "ok" : "degraded",
+        ...(failed === undefined ? {} : { reason: failed.message }),
         uptimeSeconds: Math.round((Date.now() - started) / 1000),
         keys: s.keys,
         lastLsn: s.lastLsn,
