@@ -87,6 +87,9 @@ export interface CompactionHooks {
 interface Out {
   readonly seg: Segment
   readonly tmp: string
+  /** Records copied but not yet written, and the file offset where they go. */
+  buffered: Buffer[]
+  writtenTo: number
   crc: number
   hints: HintEntry[]
   moved: Live[]
@@ -139,9 +142,17 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
     const seg = await makeSegmentAsync({ files, dir, id, kind: "compacted", now: log.config.now, random: log.config.random, preallocate: 0, file: tmp })
     const head = Buffer.alloc(SEGMENT_HEADER_BYTES)
     files.read(seg.fd, head, 0, head.length, 0)
-    const o: Out = { seg, tmp, crc: crc32(head), hints: [], moved: [], at: [] }
+    const o: Out = { seg, tmp, buffered: [], writtenTo: seg.size, crc: crc32(head), hints: [], moved: [], at: [] }
     outs.push(o)
     return o
+  }
+  /** One write per slice, not per record: a write is a trip through libuv's thread pool. */
+  const writeOut = async (o: Out) => {
+    if (o.buffered.length === 0) return
+    const data = Buffer.concat(o.buffered)
+    o.buffered = []
+    await files.writeAllAsync(o.seg.fd, data, 0, data.length, o.writtenTo)
+    o.writtenTo += data.length
   }
   try {
     let slice = 0
@@ -170,9 +181,12 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
         forget.push(rec)
         continue
       }
-      if (cur === undefined || (cur.seg.size > cur.seg.dataStart && cur.seg.size + rec.size > log.config.maxSegmentBytes)) cur = await newOutput()
+      if (cur === undefined || (cur.seg.size > cur.seg.dataStart && cur.seg.size + rec.size > log.config.maxSegmentBytes)) {
+        if (cur !== undefined) await writeOut(cur)
+        cur = await newOutput()
+      }
       reseal(raw, 0, rec.size, rec.partition, cur.seg.salt)
-      await files.writeAllAsync(cur.seg.fd, raw, 0, raw.length, cur.seg.size)
+      cur.buffered.push(raw)
       cur.crc = crc32(raw, cur.crc)
       cur.hints.push({ key: rec.key, lsn: rec.lsn, offset: cur.seg.size, size: rec.size, tombstone: rec.tombstone, partition: rec.partition, hashHi: rec.hashHi, hashLo: rec.hashLo })
       cur.moved.push(rec)
@@ -182,7 +196,9 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
       cur.seg.maxLsn = Math.max(cur.seg.maxLsn, rec.lsn)
       slice += rec.size
       copied += rec.size
+      if (slice >= SLICE_BYTES) await writeOut(cur)
     }
+    if (cur !== undefined) await writeOut(cur)
     for (const o of outs) {
       await files.datasync(o.seg.fd)
       if (await fileCrc(log, o.seg.fd, o.seg.size) !== o.crc) {

@@ -22,7 +22,7 @@ import { writeFileDurable, writeFileDurableAsync, type FileLock, type FilesApi }
 import { encodeHint, type HintEntry } from "./HintFile.ts"
 import { KeyIndex } from "./KeyIndex.ts"
 import { encodeState, STATE_FILE, type Identity } from "./Manifest.ts"
-import { decodeValid, encodedSize, encodeInto, MAX_KEY_BYTES, MAX_LSN, MAX_PARTITION, probe, RecordType } from "./Record.ts"
+import { decodeValid, encodedSize, encodeInto, MAX_KEY_BYTES, MAX_LSN, MAX_META_BYTES, MAX_PARTITION, MAX_VALUE_BYTES, probe, RecordType } from "./Record.ts"
 import type { Damage } from "./Recovery.ts"
 import { hintName, makeSegment, makeSegmentAsync, segName, trimSegment, unlinkSegment, type Segment } from "./SegmentFile.ts"
 import { recover } from "./Startup.ts"
@@ -171,6 +171,16 @@ export const keyBytes = (key: string): Buffer => {
   return b
 }
 
+/**
+ * Limits beyond the format's hard bounds would write records that every reader rejects as
+ * damage: the configured limits are clamped to them.
+ */
+const withinFormat = (c: LogConfig): LogConfig => ({
+  ...c,
+  maxValueBytes: Math.min(c.maxValueBytes, MAX_VALUE_BYTES),
+  maxMetaBytes: Math.min(c.maxMetaBytes, MAX_META_BYTES)
+})
+
 const isPartition = (p: number) => Number.isInteger(p) && p >= 0 && p <= MAX_PARTITION
 
 /** The open log of one data directory. */
@@ -219,7 +229,7 @@ export class Log {
     if (!(config.maxSegmentBytes > 0 && config.maxSegmentBytes <= MAX_SEGMENT_BYTES)) {
       throw new RangeError(`maxSegmentBytes must be in 1..${MAX_SEGMENT_BYTES}; got ${config.maxSegmentBytes}`)
     }
-    this.config = config
+    this.config = withinFormat(config)
   }
 
   /** Opens (or creates) the log in `config.dir`, recovering whatever a crash left. */
@@ -666,7 +676,7 @@ export class Log {
 
   /** Settings that can change on an open log. */
   reconfigure(patch: Partial<Pick<LogConfig, "maxValueBytes" | "maxMetaBytes" | "maxPendingBytes" | "compactDeadRatio" | "compactDeadBytes" | "compactSmallBytes" | "tombstoneGraceMs" | "compactBytesPerSecond">>): void {
-    this.config = { ...this.config, ...patch }
+    this.config = withinFormat({ ...this.config, ...patch })
   }
 
   get isClosed(): boolean {

@@ -21,6 +21,7 @@
  * Records start at byte 64. A file of format version 1 starts directly with a record.
  */
 import { crc32 } from "node:zlib"
+import { LEGACY_VERSION, MAGIC as RECORD_MAGIC } from "./Record.ts"
 
 const MAGIC = 0x47455354 // "TSEG" read as u32 LE
 const COPY = 32
@@ -66,7 +67,8 @@ export const newSalt = (random: () => number): number => {
  * What the first bytes of a segment file are:
  * - `header`: a current header (either copy intact);
  * - `future`: an intact header of a format this code does not know: refuse to open;
- * - `damaged`: both copies carry the magic but neither checks: the salt is lost; refuse;
+ * - `damaged`: no intact header and no format-1 record start (both copies damaged, or an
+ *   unknown file): the salt is lost or the format unknown; refuse;
  * - `empty`: nothing but zeros (a segment whose creation a crash interrupted);
  * - `legacy`: no header; the file starts with a format-1 record (or damage in one).
  */
@@ -100,7 +102,9 @@ export const classify = (buf: Buffer): Classified => {
   for (const c of [a, b]) if (c !== undefined && c._tag !== "damaged") return c
   if (a !== undefined || b !== undefined) return { _tag: "damaged" }
   if (buf.every((x) => x === 0)) return { _tag: "empty" }
-  // No header: format 1, which starts with a record (its first bytes may be damaged; the
-  // scan under seed 0 deals with that as with any damage).
-  return { _tag: "legacy" }
+  // No header: format 1 starts with a record of version 1. Anything else (a header whose
+  // magic is damaged in both copies, a format this code does not know) is refused rather
+  // than scanned as format 1, whose torn-tail rule would cut it away.
+  if (buf.length >= 6 && buf[4] === RECORD_MAGIC && buf[5] === LEGACY_VERSION) return { _tag: "legacy" }
+  return { _tag: "damaged" }
 }

@@ -70,7 +70,8 @@ export const recover = (log: Log): void => {
   const logSegs = [...log.segments.values()].filter((s) => s.kind !== "compacted" && !empty.includes(s))
   const tail = logSegs.at(-1)
   for (const s of scanned) {
-    if (s.torn !== undefined && s.seg === tail) {
+    // A format-1 tail with no valid record at all is not known to be ours: kept, reported.
+    if (s.torn !== undefined && s.seg === tail && !(s.seg.kind === "legacy" && s.validEnd === 0)) {
       truncateAt(log, s.seg, s.torn.offset)
       log.report(s.seg.id, s.torn, "truncated")
     } else if (s.torn !== undefined) {
@@ -125,7 +126,7 @@ const openSegment = (log: Log, id: number): Segment | undefined => {
       throw new UnknownFormat({ file, version: c.version, message: `segment ${file} has format version ${c.version}; this build reads versions 1 and 2. It was written by a newer Tally: run that version, nothing was changed` })
     case "damaged":
       log.files.close(fd)
-      throw new CorruptFile({ file, message: `segment ${file} has a damaged header (both copies): its records cannot be verified. Nothing was changed; move the file aside to start without it` })
+      throw new CorruptFile({ file, message: `segment ${file} has no readable header (both copies damaged, or not a Tally segment): its records cannot be verified. Nothing was changed; move the file aside to start without it` })
     case "empty": {
       if (!zeroFile(log, fd, size)) {
         log.files.close(fd)
