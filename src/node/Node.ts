@@ -136,7 +136,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       return yield* f(yield* Coordinator)
     })) as Promise<Exit.Exit<A, ApiError>>
   const started = Date.now()
-  const metrics = makeMetrics(() => engineService.log.snapshotStats(), () => ({
+  const metrics = makeMetrics(() => Effect.runSync(engineService.stats), () => ({
     parked: handoffService.pending(),
     members: membershipService.view().nodes.map((n) => n.status)
   }))
@@ -147,11 +147,11 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     run,
     settings: () => ({ n: settings.n, r: live.r, w: live.w, timeoutMs: DEFAULT_TIMEOUT_MS, maxValueBytes: live.maxValueBytes }),
     health: () => {
-      const s = engineService.log.snapshotStats()
-      const failed = engineService.log.failed
+      const s = Effect.runSync(engineService.stats)
+      const storage = Effect.runSync(engineService.health)
       return {
-        status: failed === undefined ? "ok" : "degraded",
-        ...(failed === undefined ? {} : { reason: failed.message }),
+        status: storage.writable ? "ok" : "degraded",
+        ...(storage.writable ? {} : { reason: storage.reason }),
         uptimeSeconds: Math.round((Date.now() - started) / 1000),
         keys: s.keys,
         lastLsn: s.lastLsn,
@@ -172,12 +172,12 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       if (patch.logLevel !== undefined) logger.level = patch.logLevel
       const c = patch.compaction
       if (c !== undefined) {
-        engine_.log.reconfigure({
+        Effect.runSync(engine_.reconfigure({
           ...(c.deadRatio !== undefined ? { compactDeadRatio: c.deadRatio } : {}),
           ...(c.deadBytes !== undefined ? { compactDeadBytes: c.deadBytes } : {}),
           ...(c.smallBytes !== undefined ? { compactSmallBytes: c.smallBytes } : {}),
           ...(c.tombstoneGraceMs !== undefined ? { tombstoneGraceMs: c.tombstoneGraceMs } : {})
-        })
+        }))
       }
       logger.info({ patch }, "live settings applied")
     },

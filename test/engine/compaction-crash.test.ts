@@ -173,7 +173,7 @@ t.test("full compaction while fibers write and read", async (t) => {
   t.same(reopened.slice(0, 20), [], "after a restart, all keys read their newest write")
 })
 
-const STEPS = ["beforeManifest", "afterManifest", "beforeUnlink"] as const
+const STEPS = ["beforeManifest", "afterManifest", "afterRename", "beforeUnlink"] as const
 
 /** The plan a `steps` child prints before compacting. */
 interface Plan {

@@ -96,7 +96,7 @@ t.test("the Effect service reports the same typed errors", async (t) => {
   const exit = await Effect.runPromiseExit(
     Effect.scoped(Effect.gen(function*() {
       const e = yield* Engine
-      yield* e.put("", Buffer.from("v"))
+      yield* e.put("", 0, Buffer.from("v"))
     }).pipe(Effect.provide(Engine.layerMemory({ dir: DIR, compactionIntervalMs: 0 }))))
   )
   t.ok(Exit.isFailure(exit))
@@ -107,7 +107,7 @@ t.test("the Effect service reports the same typed errors", async (t) => {
   const got = await Effect.runPromise(
     Effect.scoped(Effect.gen(function*() {
       const e = yield* Engine
-      yield* e.put("k", Buffer.from("v"))
+      yield* e.put("k", 0, Buffer.from("v"))
       return yield* e.get("k")
     }).pipe(Effect.provide(Engine.layerMemory({ dir: DIR, compactionIntervalMs: 0 }))))
   )
@@ -117,7 +117,7 @@ t.test("the Effect service reports the same typed errors", async (t) => {
 t.test("every error code is documented in docs/storage.md", async (t) => {
   const doc = fs.readFileSync(new URL("../../docs/storage.md", import.meta.url), "utf8")
   for (const E of engineErrors) {
-    const code = (new (E as any)({ message: "", dir: "", pid: 0, path: "", size: 0, limit: 0, segment: 0, offset: 0, cause: undefined })).code as string
+    const code = (new (E as any)({ message: "", dir: "", pid: 0, path: "", size: 0, limit: 0, segment: 0, offset: 0, cause: undefined, pendingBytes: 0, file: "", version: 0, fromLsn: 0, lowWatermark: 0 })).code as string
     t.match(doc, `\`${code}\``, `${code} is documented`)
   }
 })
