@@ -306,10 +306,13 @@ export class Log {
     this.makeSpare()
   }
 
-  /** Starts making the next active segment in the background, preallocated. */
+  /**
+   * Starts making the next active segment in the background (preallocated if configured),
+   * so that a rotation is a switch of descriptors, not two fsyncs on the request path.
+   */
   private makeSpare(): void {
-    if (!this.config.preallocate || this.spare !== undefined || this.spareMaking !== undefined || this.closed) return
-    const spec = this.segmentSpec("log", true)
+    if (this.spare !== undefined || this.spareMaking !== undefined || this.closed) return
+    const spec = this.segmentSpec("log", this.config.preallocate)
     this.spareMaking = makeSegmentAsync(spec).then(
       (seg) => {
         this.spareMaking = undefined
