@@ -198,8 +198,12 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       return res
     })
 
+  /** A node outside the ring knows no owners: it must not answer for them, least of all acknowledge a write. */
+  const notJoined = () => apiError("not_joined", `node ${self} is not yet a ring member: no seed has accepted it. Nothing was written; use another node, or wait until /health answers 200`)
+
   const put = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum): Effect.Effect<Coordinated, ApiError> =>
     Effect.gen(function*() {
+      if (!membership.joined()) return yield* notJoined()
       const { prefs, walk } = placement(key)
       if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, prefs, walk)
       // The request's timeout bounds all forwarding attempts together, not each one.
@@ -227,6 +231,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
 
   const get = (key: string, q: Quorum): Effect.Effect<ReadResult, ApiError> =>
     Effect.gen(function*() {
+      if (!membership.joined()) return yield* notJoined()
       const { prefs, walk } = placement(key)
       const needed = Math.min(q.count, prefs.length)
       const fallbacks = fallbacksOf(prefs, walk)

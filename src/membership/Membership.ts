@@ -51,6 +51,8 @@ export class Membership extends Context.Service<Membership, {
   readonly status: (id: string) => NodeStatus
   readonly peer: (id: string) => Peer | undefined
   readonly view: () => ClusterView
+  /** Whether this node is a ring member (until then it acknowledges nothing). */
+  readonly joined: () => boolean
   /** Handles a membership message from another node. */
   readonly handle: (from: string, msg: MembershipMessage) => Effect.Effect<unknown>
   /** Calls `f` with a node's id each time it is seen coming back up. */
@@ -269,6 +271,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
       }
     },
     handle,
+    joined,
     onUp: (f) => void upListeners.push(f)
   })
 })

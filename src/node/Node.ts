@@ -149,9 +149,10 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     health: () => {
       const s = Effect.runSync(engineService.stats)
       const storage = Effect.runSync(engineService.health)
+      const member = membershipService.joined()
       return {
-        status: storage.writable ? "ok" : "degraded",
-        ...(storage.writable ? {} : { reason: storage.reason }),
+        status: !member ? "joining" : storage.writable ? "ok" : "degraded",
+        ...(!member ? { reason: "not yet a ring member: no seed has accepted this node" } : storage.writable ? {} : { reason: storage.reason }),
         uptimeSeconds: Math.round((Date.now() - started) / 1000),
         keys: s.keys,
         lastLsn: s.lastLsn,

@@ -110,3 +110,21 @@ t.test("a second node on the same data directory is refused with a clear message
   node.child.kill("SIGTERM")
   await exited(node.child)
 })
+
+t.test("a node whose seeds never answer acknowledges nothing and is not healthy", async (t) => {
+  const data = t.testdir()
+  // Port 9 (discard) has no listener here: every join attempt is refused at once.
+  const node = await startNode(["--port", String(basePort + 1), "--data", data, "--id", "lonely", "--seeds", "127.0.0.1:9"])
+  const put = await fetch(`${node.url}/kv/k?w=1`, { method: "PUT", body: "v" })
+  t.equal(put.status, 503, "PUT is refused")
+  t.equal(((await put.json()) as { error: string }).error, "not_joined")
+  const del = await fetch(`${node.url}/kv/k?w=1`, { method: "DELETE" })
+  t.equal(del.status, 503, "DELETE is refused")
+  const get = await fetch(`${node.url}/kv/k?r=1`)
+  t.equal(get.status, 503, "GET is refused: a node outside the ring knows no owners")
+  const health = await fetch(`${node.url}/health`)
+  t.equal(health.status, 503)
+  t.equal(((await health.json()) as { status: string }).status, "joining")
+  node.child.kill("SIGKILL")
+  await exited(node.child)
+})
