@@ -26,12 +26,12 @@
  */
 import * as path from "node:path"
 import { crc32 } from "node:zlib"
-import { CorruptFile } from "./Errors.ts"
+import { CorruptFile, UnknownFormat } from "./Errors.ts"
 import { writeFileDurableAsync, type FilesApi } from "./Files.ts"
 import { encodeHint, type HintEntry } from "./HintFile.ts"
 import { decodeManifest, encodeManifest, encodeState, MERGE_MANIFEST, STATE_FILE, type Manifest } from "./Manifest.ts"
 import type { Log, Segment } from "./Log.ts"
-import { reseal, timestampAt } from "./Record.ts"
+import { probe, reseal, timestampAt } from "./Record.ts"
 import { scan } from "./Recovery.ts"
 import { classify, SEGMENT_HEADER_BYTES } from "./SegmentHeader.ts"
 import { hintName, makeSegmentAsync, segName } from "./SegmentFile.ts"
@@ -122,6 +122,8 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
   let dropped = 0
   let damaged = 0
   const forget: Live[] = []
+  /** Inputs in which this compaction met damage (start-up may have found more: `damaged`). */
+  const damagedIn = new Set(inputs.filter((s) => s.damaged > 0).map((s) => s.id))
   const cleanup = () => {
     for (const o of outs) {
       try {
@@ -172,7 +174,9 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
       if (rec.seg.removed) continue
       const raw = log.readRaw(rec.seg, rec.offset, rec.size)
       if (raw === undefined) {
+        refuseFuture(log, rec)
         damaged++
+        damagedIn.add(rec.seg.id)
         forget.push(rec)
         continue
       }
@@ -214,7 +218,7 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
       log.compactedThrough = inputsThrough
       await writeFileDurableAsync(files, path.join(dir, STATE_FILE), encodeState({ compactedThrough: log.compactedThrough, drops: log.drops }))
     }
-    await writeFileDurableAsync(files, path.join(dir, MERGE_MANIFEST), encodeManifest({ inputs: [...inputSet], outputs: outs.map((o) => ({ id: o.seg.id, size: o.seg.size, crc: o.crc })) }))
+    await writeFileDurableAsync(files, path.join(dir, MERGE_MANIFEST), encodeManifest({ inputs: [...inputSet], damaged: [...damagedIn], outputs: outs.map((o) => ({ id: o.seg.id, size: o.seg.size, crc: o.crc })) }))
   } catch (e) {
     cleanup()
     throw e
@@ -244,7 +248,12 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
       await writeFileDurableAsync(files, log.pathOf(seg.id, "hint"), hintBytes(seg, o.hints)).catch(() => undefined)
     }
     hooks.beforeUnlink?.()
-    for (const s of inputs) log.dropSegment(s)
+    // An input holding damage is kept aside as <id>.seg.damaged, never deleted: its bytes
+    // are evidence (and may be all that is left of something) for whoever investigates.
+    for (const s of inputs) {
+      if (damagedIn.has(s.id)) log.quarantineSegment(s)
+      else log.dropSegment(s)
+    }
     await files.syncDirAsync(dir)
     await files.unlinkAsync(path.join(dir, MERGE_MANIFEST))
     await files.syncDirAsync(dir)
@@ -265,6 +274,16 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
   } catch (e) {
     log.failStop(`compaction failed after its commit point (${(e as Error)?.message ?? String(e)}); restart the node to finish it`)
     throw e
+  }
+}
+
+/** A record that fails its checks may be of a newer format: never treated as damage and dropped. */
+const refuseFuture = (log: Log, rec: Live): void => {
+  const buf = Buffer.alloc(rec.size)
+  const n = log.files.read(rec.seg.fd, buf, 0, rec.size, rec.offset)
+  const p = probe(buf, 0, n, rec.seg.salt)
+  if (p._tag === "future") {
+    throw new UnknownFormat({ file: rec.seg.file, version: p.version, message: `segment ${rec.seg.file} holds a record of version ${p.version}, type ${p.type} at byte ${rec.offset}, which this build does not know; compaction stopped, nothing changed` })
   }
 }
 
@@ -324,6 +343,7 @@ export const finishCompaction = (files: FilesApi, dir: string): void => {
     for (const o of m.outputs) if (files.exists(tmpFile(o.id))) files.rename(tmpFile(o.id), segFile(o.id))
     files.syncDir(dir)
     for (const id of m.inputs) {
+      if (m.damaged.includes(id) && files.exists(segFile(id))) files.rename(segFile(id), `${segFile(id)}.damaged`)
       for (const f of [segFile(id), path.join(dir, hintName(id))]) if (files.exists(f)) files.unlink(f)
     }
     files.syncDir(dir)

@@ -365,6 +365,17 @@ export class Log {
     unlinkSegment(this.files, this.config.dir, seg)
   }
 
+  /** Takes a damaged segment out of the log, keeping its file aside as `<name>.damaged`. */
+  quarantineSegment(seg: Segment): void {
+    this.segments.delete(seg.id)
+    try {
+      this.files.rename(seg.file, `${seg.file}.damaged`)
+    } finally {
+      // The segment's name is gone now; this removes its hint and closes it.
+      unlinkSegment(this.files, this.config.dir, seg)
+    }
+  }
+
   /** Registers a sealed segment (start-up, compaction outputs). */
   addSegment(seg: Segment): void {
     this.segments.set(seg.id, seg)

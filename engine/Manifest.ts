@@ -2,7 +2,8 @@
  * The engine's small control files, each one JSON object followed by a line holding the
  * CRC-32 of that JSON, written whole or not at all (writeFileDurable):
  *
- * - `MERGE`: a compaction's commit point. It names the inputs and, for each output, its size
+ * - `MERGE`: a compaction's commit point. It names the inputs (those holding damage are kept
+ *   aside as `<id>.seg.damaged`, never deleted) and, for each output, its size
  *   and CRC-32, so that whoever finishes the compaction (the compaction itself, or recovery
  *   after a crash) checks every output before deleting an input. Version 1 manifests (ids
  *   only) are still finished, by checking that each output scans without damage.
@@ -26,6 +27,8 @@ export interface ManifestOutput {
 /** A decoded MERGE manifest. */
 export interface Manifest {
   readonly inputs: ReadonlyArray<number>
+  /** Inputs holding damage: kept aside as `<id>.seg.damaged` instead of deleted. */
+  readonly damaged: ReadonlyArray<number>
   readonly outputs: ReadonlyArray<ManifestOutput>
 }
 
@@ -66,7 +69,7 @@ const isId = (x: unknown): x is number => Number.isSafeInteger(x) && (x as numbe
 
 /** Encodes a MERGE manifest (version 2). */
 export const encodeManifest = (m: Manifest): Buffer =>
-  frame({ version: 2, inputs: m.inputs, outputs: m.outputs.map((o) => ({ id: o.id, size: o.size, crc: o.crc })) })
+  frame({ version: 2, inputs: m.inputs, damaged: m.damaged, outputs: m.outputs.map((o) => ({ id: o.id, size: o.size, crc: o.crc })) })
 
 /** Decodes a MERGE manifest of either version; undefined if damaged or malformed. */
 export const decodeManifest = (buf: Buffer): Manifest | undefined => {
@@ -75,10 +78,12 @@ export const decodeManifest = (buf: Buffer): Manifest | undefined => {
   if (o.version === 2) {
     const outs = o.outputs as Array<Record<string, unknown>>
     if (!outs.every((x) => typeof x === "object" && x !== null && isId(x.id) && isId(x.size) && isId(x.crc))) return undefined
-    return { inputs: o.inputs as number[], outputs: outs.map((x) => ({ id: x.id as number, size: x.size as number, crc: x.crc as number })) }
+    const damaged = o.damaged === undefined ? [] : o.damaged
+    if (!Array.isArray(damaged) || !damaged.every(isId)) return undefined
+    return { inputs: o.inputs as number[], damaged: damaged as number[], outputs: outs.map((x) => ({ id: x.id as number, size: x.size as number, crc: x.crc as number })) }
   }
   if (o.version !== undefined || !o.outputs.every(isId)) return undefined
-  return { inputs: o.inputs as number[], outputs: (o.outputs as number[]).map((id) => ({ id, size: -1, crc: undefined })) }
+  return { inputs: o.inputs as number[], damaged: [], outputs: (o.outputs as number[]).map((id) => ({ id, size: -1, crc: undefined })) }
 }
 
 /** Encodes the STATE file. */
