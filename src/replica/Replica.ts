@@ -6,7 +6,7 @@
  * read-modify-write. Limits: siblings (warn at 25, refuse client writes at 100; merges are
  * never refused, so no replicated write is dropped) and the encoded object's size.
  */
-import { Context, Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer, Option, Random } from "effect"
 import { Engine } from "../../engine/Engine.ts"
 import type { EngineError } from "../../engine/Errors.ts"
 import { apiError, fromEngineError, type ApiError } from "../Errors.ts"
@@ -59,6 +59,8 @@ export interface Coordinated extends Stored {
 /** The local versioned store. */
 export class Replica extends Context.Service<Replica, {
   readonly nodeId: string
+  /** The actor id this process's writes carry: the node id and this start's epoch. */
+  readonly actor: string
   readonly read: (key: string) => Effect.Effect<Option.Option<StoredObject>, ApiError>
   /** The object and the bytes it is stored as (a read compares replicas by their bytes). */
   readonly readEncoded: (key: string) => Effect.Effect<Encoded | undefined, ApiError>
@@ -72,6 +74,11 @@ export class Replica extends Context.Service<Replica, {
 /** Builds the replica service over the Engine. */
 export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
   const engine = yield* Engine
+  // This process's actor: a fresh epoch per start (Random: the simulator's seam). Counters of
+  // an epoch only grow (they start above the engine's LSN for a key with no local history),
+  // and no epoch is used by two processes, so no dot is ever minted twice.
+  const epoch = (yield* Random.nextInt).toString(36).replace("-", "").slice(0, 12).padStart(1, "0")
+  const actor = Dvv.actorOf(config.nodeId, epoch)
   const locks = new KeyLocks()
   const mapEngine = (e: EngineError) => fromEngineError(e)
 
@@ -101,7 +108,7 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
       // this node's LSN: every dot this node made for the key before had a lower counter, so
       // a reaped key can never reuse a dot another replica still remembers.
       const local = (yield* readNow(key)) ?? { entries: [], floor: yield* engine.nextLsn }
-      const updated = Dvv.prune(Dvv.update(local, context, config.nodeId, sibling), config.maxVectorEntries)
+      const updated = Dvv.prune(Dvv.update(local, context, actor, sibling), config.maxVectorEntries)
       const n = Dvv.size(updated)
       if (n > config.siblingMax) {
         return yield* apiError("too_many_siblings", `key ${JSON.stringify(key)} would have ${n} siblings (limit ${config.siblingMax}); read it and write back one value with its X-Context to resolve them`)
@@ -112,7 +119,7 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
         return yield* apiError("value_too_large", `key ${JSON.stringify(key)} would be ${bytes.length} bytes with its ${n} siblings (limit ${config.maxObjectBytes}); resolve siblings or write a smaller value`)
       }
       yield* store(key, updated, bytes)
-      return { object: updated, bytes: bytes.length, context: Dvv.writeContext(updated, context, config.nodeId) }
+      return { object: updated, bytes: bytes.length, context: Dvv.writeContext(updated, context, actor) }
     }))
 
   const merge = (key: string, incoming: StoredObject) =>
@@ -126,6 +133,7 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
 
   return Replica.of({
     nodeId: config.nodeId,
+    actor,
     read: (key) => readNow(key).pipe(Effect.map(Option.fromNullishOr)),
     readEncoded,
     coordinate,

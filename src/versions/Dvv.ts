@@ -49,8 +49,24 @@ export interface DvvSet<V> {
 
 /** Node ids, as the command line accepts them. */
 export const NODE_ID = /^[A-Za-z0-9_.-]{1,64}$/
-/** Longest node id in bytes. */
-export const MAX_ID_BYTES = 64
+/**
+ * Dot ids (actors): a node id and, after `@`, the epoch of the process that wrote (Riak's
+ * kv679 lesson). A node draws a new epoch each time it starts, so a node that lost its disk,
+ * was given an old copy of it, or reaped a key's history never mints a dot its peers have
+ * already seen. Plain node ids (data written before epochs) still decode.
+ */
+export const ACTOR_ID = /^[A-Za-z0-9_.-]{1,64}(@[0-9a-z]{1,12})?$/
+/** Longest actor id in bytes. */
+export const MAX_ID_BYTES = 77
+
+/** The actor id of `nodeId` in `epoch`. */
+export const actorOf = (nodeId: string, epoch: string): string => `${nodeId}@${epoch}`
+
+/** The node of an actor id. */
+export const nodeOfActor = (actor: string): string => {
+  const at = actor.indexOf("@")
+  return at < 0 ? actor : actor.slice(0, at)
+}
 /** Most vector entries plus dots a decoded context may carry. */
 export const MAX_CONTEXT_ENTRIES = 1024
 /** Highest counter a decoded context may carry: far below 2^53, so counters derived from it stay exact. */
@@ -234,7 +250,7 @@ class Writer {
     this.pos += b.length
   }
   id(id: string): void {
-    if (!NODE_ID.test(id)) throw new Error(`Dvv: bad node id ${JSON.stringify(id)}`)
+    if (!ACTOR_ID.test(id)) throw new Error(`Dvv: bad actor id ${JSON.stringify(id)}`)
     this.byte(id.length)
     for (let i = 0; i < id.length; i++) this.byte(id.charCodeAt(i))
   }
@@ -275,7 +291,7 @@ class Reader {
   }
   id(): string {
     const id = String.fromCharCode(...this.take(this.byte()))
-    if (!NODE_ID.test(id)) throw MALFORMED
+    if (!ACTOR_ID.test(id)) throw MALFORMED
     return id
   }
   done(): boolean {
