@@ -82,6 +82,10 @@ export const recover = (log: Log): void => {
     }
   }
   for (const seg of empty) log.dropSegment(seg)
+  // A scanned segment may hold records that reached only the page cache (the process died
+  // before their fsync): they are served from now on, so they are made durable first, and
+  // before a durable hint describes them.
+  for (const s of scanned) log.files.datasyncSync(s.seg.fd)
   for (const s of scanned) log.writeHintNow(s.seg, [...s.hints.values()])
   for (const [p, through] of log.drops) log.forgetDropped(p, through)
   for (const [, loc] of log.index.entries()) log.segments.get(loc.segment)!.live += loc.size

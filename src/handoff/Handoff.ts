@@ -9,7 +9,7 @@
 import * as path from "node:path"
 import { Context, Effect, Layer, Schedule } from "effect"
 import { writeFileDurable, type FilesApi } from "../../engine/Files.ts"
-import { defaultLogConfig, Log } from "../../engine/Log.ts"
+import { defaultLogConfig, Log, makeDirDurable } from "../../engine/Log.ts"
 import { LogCursor } from "../../engine/LogCursor.ts"
 import { RecordType } from "../../engine/Record.ts"
 import { apiError, type ApiError } from "../Errors.ts"
@@ -70,7 +70,7 @@ const SHIPPED = "SHIPPED"
 /** Builds the service; parked logs found on disk are reopened. */
 export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
   const root = path.join(config.dataDir, "handoff")
-  config.files.mkdirp(root)
+  makeDirDurable(config.files, root)
   const parked = new Map<string, Parked>()
   const locks = new KeyLocks()
   const batchSize = config.batchSize ?? 200
@@ -156,8 +156,11 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
         parked.delete(owner)
         const done = path.join(root, `.${owner}.done-${Date.now()}`)
         config.files.renameDir(path.join(root, owner), done)
+        // Durable, so that a power cut cannot bring a delivered log back to be shipped again.
+        config.files.syncDir(root)
         yield* Effect.promise(() => p.log.close())
         config.files.removeDir(done)
+        config.files.syncDir(root)
         yield* Effect.logInfo(`handoff to ${owner} complete: ${total} entries delivered`)
       }
       return total

@@ -198,18 +198,13 @@ t.test("power cuts mid-write and mid-compaction keep every acknowledged write", 
 })
 
 /**
- * Known engine bugs this model exposes: their checks run, and their failures are reported
- * as TODO rather than failing the suite (KNOWN_BUGS=fail makes them fail, with their
- * diagnostics). Drop them here once the engine is fixed.
- *
- * After a process death, recovery indexes (serves) the records the
- * dead process wrote but never synced, still only in the page cache, and writes durable
- * hints for them; it never syncs those segments. A power cut later loses records that
- * readers were given, or leaves hints pointing at zeros (corrupt_record).
+ * Two bugs this model found, fixed, kept as regressions: after a process death, recovery
+ * served (and wrote durable hints for) records the dead process never synced, still only in
+ * the page cache, so a later power cut took back what readers were given; and Log.open
+ * created the data directory without syncing its parent, so a power cut lost it whole.
  */
-const knownBug = (todo: string): { todo?: string } => (process.env.KNOWN_BUGS === "fail" ? {} : { todo })
-const RECOVERY_SYNC_BUG = knownBug("engine bug: recovery serves segment bytes a dead process never synced (no datasync of the segments it scans)")
-const MKDIR_SYNC_BUG = knownBug("engine bug: Log.open creates the data directory (mkdirp) but never fsyncs its parent")
+const RECOVERY_SYNC_BUG = {}
+const MKDIR_SYNC_BUG = {}
 
 t.test("process deaths and power cuts: what a restarted engine served survives later power cuts", async (t) => {
   await sweep(t, 0.5, RECOVERY_SYNC_BUG)
