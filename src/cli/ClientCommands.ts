@@ -8,7 +8,8 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import { Argument, Command, Flag } from "effect/cli"
-import { messageOf, NotFound, RequestFailed, Unreachable, UsageError } from "./Errors.ts"
+import { messageOf, NotFound, UsageError } from "./Errors.ts"
+import * as Http from "./Http.ts"
 
 /** Where the client commands send their requests unless told otherwise. */
 export const DEFAULT_URL = "http://127.0.0.1:8080"
@@ -28,18 +29,6 @@ interface Target {
   readonly timeoutMs: number | undefined
 }
 
-const checkUrl = (url: string): Effect.Effect<URL, UsageError> => {
-  let parsed: URL | undefined
-  try {
-    parsed = new URL(url)
-  } catch {
-    parsed = undefined
-  }
-  return parsed !== undefined && (parsed.protocol === "http:" || parsed.protocol === "https:")
-    ? Effect.succeed(parsed)
-    : Effect.fail(new UsageError({ message: `--url must be an http:// or https:// address such as ${DEFAULT_URL}; got ${url}` }))
-}
-
 const checkKey = (key: string): Effect.Effect<string, UsageError> => {
   const bytes = Buffer.byteLength(key, "utf8")
   return bytes >= 1 && bytes <= MAX_KEY_BYTES
@@ -57,65 +46,19 @@ const checkQuorum = (flag: string, value: Option.Option<string>): Effect.Effect<
   })
 
 const requestUrl = (target: Target): string => {
-  const base = target.url.replace(/\/+$/, "")
   const params = new URLSearchParams()
   for (const [k, v] of Object.entries(target.query)) if (v !== undefined) params.set(k, v)
   if (target.timeoutMs !== undefined) params.set("timeout", String(target.timeoutMs))
   const qs = params.toString()
-  return `${base}/kv/${encodeURIComponent(target.key)}${qs === "" ? "" : `?${qs}`}`
-}
-
-const NETWORK_REASONS: Readonly<Record<string, string>> = {
-  ECONNREFUSED: "connection refused; is a node running there?",
-  ENOTFOUND: "unknown host",
-  EAI_AGAIN: "the host name could not be resolved",
-  ECONNRESET: "the connection was reset",
-  EHOSTUNREACH: "no route to host",
-  ENETUNREACH: "network unreachable",
-  ETIMEDOUT: "the connection timed out"
-}
-
-const networkReason = (e: unknown): string => {
-  if (Predicate.hasProperty(e, "name") && (e.name === "TimeoutError" || e.name === "AbortError")) return "no answer in time"
-  const cause = Predicate.hasProperty(e, "cause") ? e.cause : undefined
-  const code = Predicate.hasProperty(cause, "code") && Predicate.isString(cause.code) ? cause.code : undefined
-  if (code !== undefined) return NETWORK_REASONS[code] ?? code
-  return Predicate.hasProperty(cause, "message") && Predicate.isString(cause.message) ? cause.message : messageOf(e)
+  return Http.joinUrl(target.url, `/kv/${encodeURIComponent(target.key)}${qs === "" ? "" : `?${qs}`}`)
 }
 
 /** Sends one request; fails with Unreachable when no HTTP answer comes back. */
 const send = (method: string, target: Target, init: { readonly headers?: Record<string, string>; readonly body?: Uint8Array } = {}) =>
-  Effect.tryPromise({
-    try: async (signal) => {
-      const clientTimeout = target.timeoutMs !== undefined ? target.timeoutMs + 5_000 : DEFAULT_CLIENT_TIMEOUT_MS
-      const response = await fetch(requestUrl(target), {
-        method,
-        headers: init.headers ?? {},
-        ...(init.body !== undefined ? { body: init.body } : {}),
-        signal: AbortSignal.any([signal, AbortSignal.timeout(clientTimeout)])
-      })
-      return { response, body: new Uint8Array(await response.arrayBuffer()) }
-    },
-    catch: (e) => new Unreachable({ url: target.url, reason: networkReason(e) })
+  Http.send(method, target.url, requestUrl(target), {
+    ...init,
+    timeoutMs: target.timeoutMs !== undefined ? target.timeoutMs + 5_000 : DEFAULT_CLIENT_TIMEOUT_MS
   })
-
-/** The node's error answer as a RequestFailed, whatever its body. */
-const failure = (response: Response, body: Uint8Array): RequestFailed => {
-  const text = Buffer.from(body).toString("utf8")
-  let parsed: unknown
-  try {
-    parsed = JSON.parse(text)
-  } catch {
-    parsed = undefined
-  }
-  if (Predicate.isObject(parsed) && Predicate.isString(parsed.error)) {
-    let message = Predicate.isString(parsed.message) ? parsed.message : response.statusText
-    if (parsed.needed !== undefined || parsed.got !== undefined) message += ` (needed ${String(parsed.needed)}, got ${String(parsed.got)})`
-    return new RequestFailed({ status: response.status, code: parsed.error, message })
-  }
-  const detail = text.trim().slice(0, 200)
-  return new RequestFailed({ status: response.status, code: `http_${response.status}`, message: detail === "" ? response.statusText : detail })
-}
 
 const writeTo = (stream: NodeJS.WriteStream, data: string | Uint8Array) =>
   Effect.callback<void>((resume) => {
@@ -206,7 +149,7 @@ const timeoutFlag = Flag.Int("timeout").pipe(
 const keyArgument = Argument.String("key").pipe(Argument.withDescription("the key, 1 to 1024 bytes of UTF-8"))
 
 const target = Effect.fnUntraced(function*(url: string, key: string, query: Record<string, string | undefined>, timeout: Option.Option<number>) {
-  yield* checkUrl(url)
+  yield* Http.checkUrl(url, DEFAULT_URL)
   yield* checkKey(key)
   const timeoutMs = Option.getOrUndefined(timeout)
   if (timeoutMs !== undefined && timeoutMs < 1) return yield* new UsageError({ message: `--timeout must be a positive number of milliseconds; got ${timeoutMs}` })
@@ -237,14 +180,14 @@ export const getCommand = Command.make(
     }
     if (response.status === 300) {
       const siblings = parseSiblings(body)
-      if (siblings === undefined) return yield* failure(response, body)
+      if (siblings === undefined) return yield* Http.failure(response, body)
       return yield* writeOut(formatSiblings(key, siblings.context, siblings.siblings))
     }
     if (response.status === 404) {
       if (context) yield* printContext(response)
       return yield* new NotFound({ key })
     }
-    return yield* failure(response, body)
+    return yield* Http.failure(response, body)
   })
 ).pipe(
   Command.withDescription("Print the value of a key to stdout, or its concurrent versions if there are several"),
@@ -307,7 +250,7 @@ export const putCommand = Command.make(
       if (verbose) yield* printContext(response)
       return
     }
-    return yield* failure(response, answer)
+    return yield* Http.failure(response, answer)
   })
 ).pipe(
   Command.withDescription("Store a value under a key"),
@@ -338,6 +281,6 @@ export const deleteCommand = Command.make(
       return
     }
     if (response.status === 404) return yield* new NotFound({ key })
-    return yield* failure(response, body)
+    return yield* Http.failure(response, body)
   })
 ).pipe(Command.withDescription("Delete a key"))

@@ -2,6 +2,8 @@
  * `tally cluster --nodes K`: K `tally node` child processes on consecutive ports, for
  * development. Children run in their own process group, so a Ctrl-C reaches them once, as
  * the SIGTERM this command sends, and each node stops cleanly; a second Ctrl-C kills them.
+ * A node that dies while the cluster runs is restarted on its port and data, with backoff;
+ * one that exits 0 (it left the ring, or someone stopped it) is not.
  */
 import { spawn, type ChildProcess } from "node:child_process"
 import * as path from "node:path"
@@ -14,6 +16,7 @@ import { Command, Flag } from "effect/cli"
 import { resolveSettings, NODE_FLAGS, type FlagKey, type FlagValues } from "../config/Settings.ts"
 import { InvalidSettings, NodeFailed, UsageError } from "./Errors.ts"
 import { stopSignal } from "./NodeCommand.ts"
+import * as RestartPolicy from "./RestartPolicy.ts"
 
 const BIN = fileURLToPath(new URL("../../bin/tally.js", import.meta.url))
 
@@ -24,12 +27,21 @@ const READY_TIMEOUT_MS = 60_000
 const OWN_FLAGS: ReadonlyArray<FlagKey> = ["id", "port", "clusterPort", "data", "seeds"]
 const PASSED = NODE_FLAGS.filter((f) => !OWN_FLAGS.includes(f.key))
 
-/** One child node. */
+/** What it takes to start one child node, again after a death. */
+interface Spec {
+  readonly id: string
+  readonly port: number
+  readonly data: string
+  readonly args: ReadonlyArray<string>
+}
+
+/** One run of a child node. */
 interface Member {
   readonly id: string
   readonly port: number
   readonly data: string
   readonly child: ChildProcess
+  readonly startedAt: number
   url: string | undefined
   exit: { readonly code: number | null; readonly signal: NodeJS.Signals | null } | undefined
   readonly exited: Promise<void>
@@ -58,21 +70,36 @@ const childEnv = (): NodeJS.ProcessEnv => {
   return env
 }
 
-const spawnMember = (id: string, port: number, data: string, args: ReadonlyArray<string>, onReady: (m: Member) => void): Member => {
-  const child = spawn(process.execPath, [BIN, "node", ...args], {
+/** The restart policy; TALLY_TEST_RESTART_BASE_MS shortens its delays so tests can reach "give up" quickly. */
+const restartLimits = (): RestartPolicy.RestartLimits => {
+  const base = Number(process.env.TALLY_TEST_RESTART_BASE_MS)
+  return Number.isInteger(base) && base > 0 ? { ...RestartPolicy.DEFAULT_LIMITS, baseDelayMs: base, maxDelayMs: base * 30 } : RestartPolicy.DEFAULT_LIMITS
+}
+
+const spawnMember = (spec: Spec, onReady: (m: Member) => void): Member => {
+  const child = spawn(process.execPath, [BIN, "node", ...spec.args], {
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
     env: childEnv()
   })
   let resolveExited: () => void = () => {}
-  const member: Member = { id, port, data, child, url: undefined, exit: undefined, exited: new Promise((r) => (resolveExited = r)) }
-  forward(id, child.stdout!, say, (url) => {
+  const member: Member = {
+    id: spec.id,
+    port: spec.port,
+    data: spec.data,
+    child,
+    startedAt: Date.now(),
+    url: undefined,
+    exit: undefined,
+    exited: new Promise((r) => (resolveExited = r))
+  }
+  forward(spec.id, child.stdout!, say, (url) => {
     member.url = url
     onReady(member)
   })
-  forward(id, child.stderr!, warn)
+  forward(spec.id, child.stderr!, warn)
   child.on("error", (e) => {
-    warn(`[cluster] ${id}: ${e.message}`)
+    warn(`[cluster] ${spec.id}: ${e.message}`)
     if (child.pid === undefined && member.exit === undefined) {
       member.exit = { code: null, signal: null }
       resolveExited()
@@ -100,14 +127,17 @@ const signalAll = (members: ReadonlyArray<Member>, signal: NodeJS.Signals) => {
   }
 }
 
-/** Starts the members (into `members`), waits for every ready line, then for a signal; stops them all. */
-const runCluster = (
-  specs: ReadonlyArray<{ readonly id: string; readonly port: number; readonly data: string; readonly args: ReadonlyArray<string> }>,
-  members: Array<Member>,
-  signalled: Promise<NodeJS.Signals>
-): Promise<"stopped" | "failed"> =>
+/**
+ * Starts the members (into `members`), waits for every ready line, then for a signal; stops
+ * them all. A node that dies before the cluster is ready stops it; one that dies later is
+ * restarted as RestartPolicy says, replacing its entry in `members`.
+ */
+const runCluster = (specs: ReadonlyArray<Spec>, members: Array<Member>, signalled: Promise<NodeJS.Signals>): Promise<"stopped" | "failed"> =>
   new Promise((resolve) => {
     let phase: "starting" | "running" | "stopping" = "starting"
+    const limits = restartLimits()
+    const restarts = specs.map(() => RestartPolicy.initial)
+    const pending = new Map<number, NodeJS.Timeout>()
     const onExit = () => signalAll(members, "SIGTERM")
     process.on("exit", onExit)
 
@@ -115,6 +145,8 @@ const runCluster = (
       if (phase === "stopping") return
       phase = "stopping"
       clearTimeout(readyTimer)
+      for (const timer of pending.values()) clearTimeout(timer)
+      pending.clear()
       signalAll(members, "SIGTERM")
       void Promise.all(members.map((m) => m.exited)).then(() => {
         process.off("exit", onExit)
@@ -122,7 +154,8 @@ const runCluster = (
       })
     }
 
-    const onReady = () => {
+    const onReady = (m: Member) => {
+      if (phase === "running") return warn(`[cluster] node ${m.id} is ready again at ${m.url}`)
       if (phase !== "starting" || !members.every((m) => m.url !== undefined)) return
       phase = "running"
       clearTimeout(readyTimer)
@@ -142,22 +175,49 @@ const runCluster = (
       stop("failed")
     }, READY_TIMEOUT_MS)
 
-    for (const spec of specs) {
-      const m = spawnMember(spec.id, spec.port, spec.data, spec.args, onReady)
-      members.push(m)
-      void m.exited.then(() => {
-        if (phase === "stopping") return
-        if (phase === "starting") {
-          warn(`[cluster] ${m.id} ${describeExit(m)} before it was ready; stopping the cluster`)
-          return stop("failed")
-        }
-        warn(`[cluster] ${m.id} ${describeExit(m)}; ${members.filter(alive).length} of ${members.length} nodes still running`)
-        if (!members.some(alive)) {
-          warn("[cluster] every node has stopped")
-          stop("failed")
-        }
-      })
+    const onDeath = (i: number, m: Member) => {
+      if (phase === "stopping") return
+      if (phase === "starting") {
+        warn(`[cluster] ${m.id} ${describeExit(m)} before it was ready; stopping the cluster`)
+        return stop("failed")
+      }
+      if (m.exit?.code === 0) {
+        warn(`[cluster] node ${m.id} exited with code 0, as a node does once it has left the ring or been stopped; not restarting it; ${stillRunning()}`)
+        return stopIfAllGone()
+      }
+      const { state, decision } = RestartPolicy.onDeath(restarts[i]!, { startedAt: m.startedAt, diedAt: Date.now() }, limits)
+      restarts[i] = state
+      if (decision._tag === "Restart") {
+        warn(`[cluster] node ${m.id} ${describeExit(m)}; restarting in ${RestartPolicy.formatDelay(decision.delayMs)}`)
+        pending.set(i, setTimeout(() => {
+          pending.delete(i)
+          if (phase === "stopping") return
+          launch(i)
+        }, decision.delayMs))
+        return
+      }
+      warn(
+        `[cluster] node ${m.id} ${describeExit(m)}; it died ${decision.deaths} times within ${RestartPolicy.formatDelay(decision.windowMs)}, ` +
+          `so it is not restarted again; ${stillRunning()}`
+      )
+      stopIfAllGone()
     }
+
+    const stillRunning = () => `${members.filter(alive).length} of ${members.length} nodes still running`
+
+    const stopIfAllGone = () => {
+      if (members.some(alive) || pending.size > 0) return
+      warn("[cluster] every node has stopped")
+      stop("failed")
+    }
+
+    const launch = (i: number) => {
+      const m = spawnMember(specs[i]!, onReady)
+      members[i] = m
+      void m.exited.then(() => onDeath(i, m))
+    }
+
+    for (let i = 0; i < specs.length; i++) launch(i)
 
     void signalled.then((signal) => {
       if (phase === "stopping") return
@@ -222,6 +282,6 @@ export const clusterCommand = Command.make(
   })
 ).pipe(
   Command.withShortDescription("Run K local nodes for development"),
-  Command.withDescription("Start K local nodes as child processes on consecutive ports, for development; Ctrl-C stops them"),
+  Command.withDescription("Start K local nodes as child processes on consecutive ports, for development; a node that dies is restarted; Ctrl-C stops them"),
   Command.withExamples([{ command: "tally cluster --nodes 3", description: "nodes on 8081, 8082, 8083 with data under ./data" }])
 )

@@ -52,6 +52,17 @@ export class RequestFailed extends Schema.TaggedError<RequestFailed>()("RequestF
   }
 }
 
+/** The node answered with success but not with what CONTRACT.md says it sends. */
+export class BadAnswer extends Schema.TaggedError<BadAnswer>()("BadAnswer", {
+  url: Schema.String,
+  message: Schema.String
+}) {
+  readonly exitCode = ExitCode.failed
+  get report(): string {
+    return `error: bad_answer: ${this.url}: ${this.message}`
+  }
+}
+
 /** The key has no value (404). */
 export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", {
   key: Schema.String
@@ -90,7 +101,7 @@ export class NodeFailed extends Schema.TaggedError<NodeFailed>()("NodeFailed", {
 }
 
 /** Any failure above. */
-export type CliFailure = UsageError | InvalidSettings | RequestFailed | NotFound | Unreachable | NodeFailed
+export type CliFailure = UsageError | InvalidSettings | RequestFailed | BadAnswer | NotFound | Unreachable | NodeFailed
 
 /** Whether `u` is one of the failures above. */
 export const isCliFailure = (u: unknown): u is CliFailure =>

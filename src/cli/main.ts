@@ -1,7 +1,7 @@
 /**
- * The `tally` command line: `node`, `cluster`, and the `get`/`put`/`delete` clients. This
- * module runs on import (bin/tally.js) and owns the process exit code: 0 on success, 1 when
- * a node answered with an error or failed, 2 for usage errors, 3 when no node answered.
+ * The `tally` command line: `node`, `cluster`, the `get`/`put`/`delete` clients and `admin`.
+ * This module runs on import (bin/tally.js) and owns the process exit code: 0 on success, 1
+ * when a node answered with an error or failed, 2 for usage errors, 3 when no node answered.
  */
 import * as fs from "node:fs"
 import * as NodeServices from "@effect/platform-node/NodeServices"
@@ -10,6 +10,7 @@ import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import { CliConfig, CliError, CliOutput, Command, Flag, GlobalFlag } from "effect/cli"
+import { adminCommand } from "./AdminCommands.ts"
 import { deleteCommand, getCommand, putCommand } from "./ClientCommands.ts"
 import { clusterCommand } from "./ClusterCommand.ts"
 import { ExitCode, isCliFailure } from "./Errors.ts"
@@ -51,7 +52,7 @@ const presenter: CliOutput.Presenter = {
 /** The whole command tree. */
 export const tally = Command.make("tally").pipe(
   Command.withDescription("Tally, a Dynamo-style distributed key-value store"),
-  Command.withSubcommands([nodeCommand, clusterCommand, getCommand, putCommand, deleteCommand])
+  Command.withSubcommands([nodeCommand, clusterCommand, getCommand, putCommand, deleteCommand, adminCommand])
 )
 
 /** The exit code for how the program ended, after printing what the user needs to know. */

@@ -1,9 +1,8 @@
 /**
  * The `tally` command as users and scripts see it: help, exit codes, the client commands
  * against a small server that mimics the HTTP API, and the node and cluster life cycles
- * around a stand-in node (fixtures/stub-node.ts).
+ * around a stand-in node (fixtures/stub-node.ts); admin.test.ts covers `tally admin`.
  */
-import { spawn, type ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -11,76 +10,16 @@ import * as os from "node:os"
 import * as path from "node:path"
 import t, { type Test } from "tap"
 import { NODE_FLAGS } from "../../src/config/Settings.ts"
+import { noStack, run, start, stub } from "./fixtures/tally.ts"
 
-const root = path.resolve(import.meta.dirname, "../..")
-const bin = path.join(root, "bin/tally.js")
-const stub = path.join(import.meta.dirname, "fixtures/stub-node.ts")
 const basePort = 21000 + Math.floor(Math.random() * 400) * 10
-
-interface Ran {
-  readonly code: number | null
-  readonly signal: NodeJS.Signals | null
-  readonly stdout: Buffer
-  readonly stderr: string
-}
-
-const cleanEnv = (): NodeJS.ProcessEnv => {
-  const env = { ...process.env }
-  for (const k of Object.keys(env)) if (k.startsWith("TALLY_") || k.startsWith("STUB_")) delete env[k]
-  return env
-}
-
-/** Runs `tally args...` to completion (killed after `timeoutMs`). */
-const run = (args: ReadonlyArray<string>, options: { env?: Record<string, string>; input?: string | Buffer; timeoutMs?: number } = {}) =>
-  new Promise<Ran>((resolve) => {
-    const child = spawn(process.execPath, [bin, ...args], { cwd: root, env: { ...cleanEnv(), ...options.env }, stdio: ["pipe", "pipe", "pipe"] })
-    const out: Array<Buffer> = []
-    let err = ""
-    child.stdout!.on("data", (d: Buffer) => out.push(d))
-    child.stderr!.on("data", (d: Buffer) => (err += d))
-    const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 20_000)
-    child.on("close", (code, signal) => {
-      clearTimeout(timer)
-      resolve({ code, signal, stdout: Buffer.concat(out), stderr: err })
-    })
-    child.stdin!.end(options.input ?? "")
-  })
-
-/** A long-running `tally` process whose output can be awaited line by line. */
-const start = (args: ReadonlyArray<string>, env: Record<string, string> = {}, cwd = root) => {
-  const child = spawn(process.execPath, [bin, ...args], { cwd, env: { ...cleanEnv(), ...env }, stdio: ["ignore", "pipe", "pipe"] })
-  let out = ""
-  let err = ""
-  child.stdout!.on("data", (d: Buffer) => (out += d))
-  child.stderr!.on("data", (d: Buffer) => (err += d))
-  const killer = setTimeout(() => child.kill("SIGKILL"), 30_000)
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on("exit", (code, signal) => {
-      clearTimeout(killer)
-      resolve({ code, signal })
-    })
-  )
-  const waitFor = async (what: string, check: () => boolean, timeoutMs = 15_000) => {
-    const until = Date.now() + timeoutMs
-    while (!check()) {
-      if (Date.now() > until || child.exitCode !== null || child.signalCode !== null) {
-        if (check()) return
-        throw new Error(`no ${what}; stdout: ${out}\nstderr: ${err}`)
-      }
-      await new Promise((r) => setTimeout(r, 20))
-    }
-  }
-  return { child, exited, waitFor, stdout: () => out, stderr: () => err }
-}
-
-const noStack = (t: Test, stderr: string) => t.notMatch(stderr, /\n\s+at /, "no stack trace")
 
 // ---- help and usage errors --------------------------------------------------------------
 
 t.test("--help works on every command and lists every flag with its default", async (t) => {
   const top = await run(["--help"])
   t.equal(top.code, 0)
-  for (const c of ["node", "cluster", "get", "put", "delete"]) t.match(top.stdout.toString(), c)
+  for (const c of ["node", "cluster", "get", "put", "delete", "admin"]) t.match(top.stdout.toString(), c)
 
   const node = await run(["node", "--help"])
   t.equal(node.code, 0)
@@ -392,16 +331,75 @@ t.test("tally cluster: starts K nodes, prints addresses and curl, stops them all
   t.match(cluster.stderr(), "[cluster] all nodes stopped")
 })
 
-t.test("tally cluster: a node that dies is reported; one that cannot start stops the cluster", async (t) => {
+/** The pid of the stub node serving `port`. */
+const stubPid = async (port: number) => ((await (await fetch(`http://127.0.0.1:${port}/stub`)).json()) as { pid: number }).pid
+
+t.test("tally cluster: a node killed with SIGKILL is restarted on its port after 1 s", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tally-cluster-"))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const base = basePort + 3
+  const cluster = start(["cluster", "--nodes", "2", "--base-port", String(base)], { TALLY_TEST_NODE_MODULE: stub }, dir)
+  await cluster.waitFor("cluster ready", () => cluster.stdout().includes("Ctrl-C"))
+  const victim = `node-${base + 1}`
+  const before = await stubPid(base + 1)
+  process.kill(before, "SIGKILL")
+  await cluster.waitFor("restart line", () => cluster.stderr().includes(`[cluster] node ${victim} was killed by SIGKILL; restarting in 1 s`))
+  const killedAt = Date.now()
+  await cluster.waitFor("ready again", () => cluster.stderr().includes(`[cluster] node ${victim} is ready again at http://127.0.0.1:${base + 1}`))
+  t.ok(Date.now() - killedAt >= 800, "not restarted before the backoff")
+  const after = await stubPid(base + 1)
+  t.not(after, before, "a new process serves the port")
+  t.equal(cluster.stderr().split(`[${victim}] stub: start`).length, 3, "started twice, with the same settings")
+
+  // Ctrl-C while a restart is pending stops everything and starts nothing more.
+  process.kill(after, "SIGKILL")
+  await cluster.waitFor("second restart line", () => cluster.stderr().split(`node ${victim} was killed by SIGKILL; restarting in`).length === 3)
+  t.match(cluster.stderr(), `[cluster] node ${victim} was killed by SIGKILL; restarting in 2 s`, "the delay doubles")
+  cluster.child.kill("SIGINT")
+  t.same(await cluster.exited, { code: 0, signal: null }, "exit 0")
+  t.equal(cluster.stderr().split(`[${victim}] stub: start`).length, 3, "the pending restart was dropped")
+  t.match(cluster.stderr(), "[cluster] all nodes stopped")
+})
+
+t.test("tally cluster: a node that exits 0 after leaving the ring is not restarted", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tally-cluster-"))
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const base = basePort + 3
+  const cluster = start(["cluster", "--nodes", "2", "--base-port", String(base)], { TALLY_TEST_NODE_MODULE: stub, STUB_LEAVE_EXIT_AT: "0" }, dir)
+  await cluster.waitFor("cluster ready", () => cluster.stdout().includes("Ctrl-C"))
+  const leaver = `http://127.0.0.1:${base + 1}`
+  t.equal((await fetch(`${leaver}/admin/leave`, { method: "POST" })).status, 202)
+  await (await fetch(`${leaver}/admin/transfers`)).text()
+  await cluster.waitFor("exit line", () => cluster.stderr().includes("not restarting it"))
+  t.match(cluster.stderr(), `[cluster] node node-${base + 1} exited with code 0, as a node does once it has left the ring or been stopped; not restarting it; 1 of 2 nodes still running`)
+  await new Promise((r) => setTimeout(r, 1_500))
+  t.equal(cluster.stderr().split(`[node-${base + 1}] stub: start`).length, 2, "started once only")
+  cluster.child.kill("SIGINT")
+  t.same(await cluster.exited, { code: 0, signal: null })
+})
+
+t.test("tally cluster: a node that keeps dying is given up on; one that cannot start stops the cluster", async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tally-cluster-"))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   const base = basePort + 8
   const dieFile = path.join(dir, "die")
-  const cluster = start(["cluster", "--nodes", "2", "--base-port", String(base)], { TALLY_TEST_NODE_MODULE: stub, STUB_DIE_ID: `node-${base + 1}`, STUB_DIE_FILE: dieFile }, dir)
+  const victim = `node-${base + 1}`
+  const cluster = start(
+    ["cluster", "--nodes", "2", "--base-port", String(base)],
+    { TALLY_TEST_NODE_MODULE: stub, STUB_DIE_ID: victim, STUB_DIE_FILE: dieFile, TALLY_TEST_RESTART_BASE_MS: "50" },
+    dir
+  )
   await cluster.waitFor("cluster ready", () => cluster.stdout().includes("Ctrl-C"))
   fs.writeFileSync(dieFile, "")
-  await cluster.waitFor("death report", () => cluster.stderr().includes("exited with code 7"))
-  t.match(cluster.stderr(), `[cluster] node-${base + 1} exited with code 7; 1 of 2 nodes still running`)
+  await cluster.waitFor("give-up line", () => cluster.stderr().includes("not restarted again"), 25_000)
+  const lines = cluster.stderr().split("\n").filter((l) => l.startsWith(`[cluster] node ${victim} exited with code 7`))
+  t.same(lines, [
+    `[cluster] node ${victim} exited with code 7; restarting in 0.05 s`,
+    `[cluster] node ${victim} exited with code 7; restarting in 0.1 s`,
+    `[cluster] node ${victim} exited with code 7; restarting in 0.2 s`,
+    `[cluster] node ${victim} exited with code 7; restarting in 0.4 s`,
+    `[cluster] node ${victim} exited with code 7; it died 5 times within 60 s, so it is not restarted again; 1 of 2 nodes still running`
+  ], "one line per death, the delay doubling, then a clear give-up")
   cluster.child.kill("SIGINT")
   t.same(await cluster.exited, { code: 0, signal: null })
 
