@@ -66,6 +66,8 @@ export class Engine extends Context.Service<Engine, {
   readonly contentHash: (key: string) => Effect.Effect<Option.Option<ContentHash>>
   /** Lists one partition consistently with concurrent writes (see PartitionSnapshot), rate-limited. */
   readonly scanPartition: (partition: number, options?: ScanOptions) => Effect.Effect<PartitionSnapshot>
+  /** The keys (tombstones included) held in `partition` now, in no particular order. */
+  readonly partitionKeys: (partition: number) => Effect.Effect<ReadonlyArray<string>>
   /** Keys (tombstones included) held in `partition`. */
   readonly countPartition: (partition: number) => Effect.Effect<number>
   /** Drops every record of `partition` written so far, durably; returns how many keys went. */
@@ -221,6 +223,7 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
     contentHash: (key) => Effect.sync(() => Option.fromNullishOr(log.contentHash(key))),
     scanPartition,
     countPartition: (partition) => Effect.sync(() => log.countPartition(partition)),
+    partitionKeys: (partition) => Effect.sync(() => log.index.keysOf(partition)),
     dropPartition: (partition) => Effect.tryPromise({ try: () => log.dropPartition(partition), catch: toError }),
     changes,
     lowWatermark: Effect.sync(() => log.compactedThrough + 1),

@@ -27,6 +27,12 @@ export interface ApiDeps {
    * 503 with the `reason`. Other fields are figures.
    */
   readonly health: () => { readonly status: string; readonly reason?: string } & Record<string, unknown>
+  /** Membership changes (POST /admin/leave, /admin/remove) and transfers (GET /admin/transfers). */
+  readonly admin: {
+    readonly leave: () => Promise<ApiError | undefined>
+    readonly remove: (node: string) => Promise<ApiError | undefined>
+    readonly transfers: () => Promise<ReadonlyArray<unknown>>
+  }
   /** Fault injection, when the node was started with --enable-fault-injection. */
   readonly faults?: { readonly set: (drop: ReadonlyArray<string>) => void; readonly get: () => ReadonlyArray<string> }
   /** The node's logger (pino), shared with the Effect runtime. */
@@ -208,6 +214,26 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
   app.get("/admin/cluster", { config: { op: "cluster" } }, async (_req, reply) => {
     const view = await call(reply, (c) => c.cluster)
     return view === undefined ? reply : view
+  })
+
+  app.get("/admin/transfers", { config: { op: "transfers" } }, async () => ({ transfers: await deps.admin.transfers() }))
+  app.post("/admin/leave", { config: { op: "leave" } }, async (_req, reply) => {
+    const err = await deps.admin.leave()
+    if (err !== undefined) return sendError(reply, err)
+    return reply.code(202).send({ node: deps.nodeId, status: "leaving", message: "this node hands its partitions to their new owners, then leaves the ring and exits" })
+  })
+  app.post("/admin/remove", { config: { op: "remove" } }, async (req, reply) => {
+    let body: unknown
+    try {
+      body = JSON.parse((req.body as Buffer | undefined)?.toString("utf8") ?? "")
+    } catch {
+      return sendError(reply, apiError("bad_request", 'send JSON {"node": "<id>"}'))
+    }
+    const node = (body as { node?: unknown } | null)?.node
+    if (typeof node !== "string" || !Dvv.NODE_ID.test(node)) return sendError(reply, apiError("bad_request", 'send JSON {"node": "<id>"} with a valid node id'))
+    const err = await deps.admin.remove(node)
+    if (err !== undefined) return sendError(reply, err)
+    return reply.code(202).send({ node, status: "removing", message: `${node}'s partitions are re-replicated from the surviving replicas` })
   })
 
   const faults = deps.faults

@@ -120,7 +120,8 @@ export const runNode = (
       process.stdout.write(`ready ${node.id} ${url}\n`, () => resume(Effect.void))
     })
 
-    const signal = yield* Effect.promise(() => signalled)
+    // A node stops on a signal, or once it has left the ring (POST /admin/leave).
+    const signal = yield* Effect.promise(() => Promise.race([signalled, (node.left ?? new Promise<never>(() => {})).then(() => "left the ring" as const)]))
     log("info", `${signal}: stopping node ${node.id}`)
     closed = true
     yield* Effect.tryPromise({

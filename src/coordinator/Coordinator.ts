@@ -41,7 +41,7 @@ export interface ReadResult {
 export interface MemberView {
   readonly id: string
   readonly address: string
-  readonly status: "up" | "suspect" | "down" | "leaving"
+  readonly status: "up" | "suspect" | "down" | "joining" | "leaving"
   readonly partitions: number
   /** Writes this node holds parked for that member. */
   readonly parked?: number
@@ -52,8 +52,12 @@ export interface ClusterView {
   readonly nodes: ReadonlyArray<MemberView>
   readonly n: number
   readonly partitions: number
-  /** Owner of each partition, by partition number (an addition to the contract's fields). */
+  /** Owner of each partition, by partition number. */
   readonly owners?: ReadonlyArray<string>
+  /** Whether nothing is moving and no membership request is pending. */
+  readonly settled: boolean
+  /** The ring version this node has adopted (an addition to the contract's fields). */
+  readonly ringVersion: number
 }
 
 /** Coordinates client requests and serves other coordinators' replica operations. */
@@ -117,10 +121,18 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
   const handoff = yield* Handoff
   const self = membership.self.id
 
+  /**
+   * Where a key lives: the current preference list (reads and acknowledgements) and, while
+   * the ring moves, the replicas it is gaining (`incoming`), which get every write too so that
+   * they need not wait for their transfer to see it.
+   */
   const placement = (key: string) => {
     const ring = membership.ring()
+    const next = membership.nextRing()
     const p = partitionOf(key, ring.partitions)
-    return { prefs: preferenceList(ring, p, config.n), walk: ringWalk(ring, p) }
+    const prefs = preferenceList(ring, p, config.n)
+    const incoming = membership.moving() ? preferenceList(next, p, config.n).filter((x) => !prefs.includes(x)) : []
+    return { prefs, walk: ringWalk(ring, p), incoming }
   }
   const usable = (id: string) => id === self || membership.status(id) !== "down"
 
@@ -164,10 +176,13 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       ? apiError("timeout", `${got} of ${needed} replicas answered within ${timeoutMs} ms`)
       : apiError("quorum_not_met", `${needed} replicas needed, ${got} answered; retry later, or lower r/w`, { needed, got })
 
-  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, prefs: ReadonlyArray<string>, walk: ReadonlyArray<string>) =>
+  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, prefs: ReadonlyArray<string>, walk: ReadonlyArray<string>, incoming: ReadonlyArray<string> = []) =>
     Effect.gen(function*() {
       const res = yield* replica.coordinate(key, context, sibling)
       const bytes = encodeObject(res.object)
+      // A replica being gained gets the write as well; it does not count toward w (its
+      // transfer brings it whatever this misses).
+      for (const id of incoming) if (id !== self && usable(id)) yield* Effect.forkDetach(Effect.ignore(putTo(id, key, res.object, bytes, q.timeoutMs)))
       const needed = Math.min(q.count, prefs.length)
       const fallbacks = fallbacksOf(prefs, walk).filter((id) => id !== self)
       const takeFallback = () => fallbacks.shift()
@@ -204,8 +219,8 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
   const put = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum): Effect.Effect<Coordinated, ApiError> =>
     Effect.gen(function*() {
       if (!membership.joined()) return yield* notJoined()
-      const { prefs, walk } = placement(key)
-      if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, prefs, walk)
+      const { prefs, walk, incoming } = placement(key)
+      if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, prefs, walk, incoming)
       // The request's timeout bounds all forwarding attempts together, not each one.
       const deadline = Date.now() + q.timeoutMs
       for (const p of prefs.filter(usable)) {
@@ -226,7 +241,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       if (!q.sloppy) return yield* notMet(Math.min(q.count, prefs.length), 0, false, q.timeoutMs)
       const left = deadline - Date.now()
       if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
-      return yield* coordinate(key, context, sibling, { ...q, timeoutMs: left }, prefs, walk)
+      return yield* coordinate(key, context, sibling, { ...q, timeoutMs: left }, prefs, walk, incoming)
     })
 
   const get = (key: string, q: Quorum): Effect.Effect<ReadResult, ApiError> =>
@@ -290,8 +305,8 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
             return yield* apiError("bad_request", "unreadable forwarded write")
           }
           if (context === undefined) return yield* apiError("bad_request", "unreadable forwarded context")
-          const { prefs, walk } = placement(msg.key)
-          const res = yield* coordinate(msg.key, context, sibling, { count: msg.w, sloppy: msg.sloppy, timeoutMs: msg.timeoutMs }, prefs, walk)
+          const { prefs, walk, incoming } = placement(msg.key)
+          const res = yield* coordinate(msg.key, context, sibling, { count: msg.w, sloppy: msg.sloppy, timeoutMs: msg.timeoutMs }, prefs, walk, incoming)
           return { t: "coorded", context: Dvv.encodeContext(res.context), object: encodeObject(res.object) } as const
         }
         case "handoff": {
@@ -313,7 +328,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     cluster: Effect.sync(() => {
       const view = membership.view()
       const parked = handoff.pending()
-      return { ...view, nodes: view.nodes.map((m) => ({ ...m, parked: parked.get(m.id) ?? 0 })), owners: membership.ring().owners }
+      return { ...view, nodes: view.nodes.map((m) => ({ ...m, parked: parked.get(m.id) ?? 0 })), owners: [...membership.ring().owners] }
     })
   })
 })

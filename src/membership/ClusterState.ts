@@ -1,10 +1,19 @@
 /**
- * What gossip spreads: the cluster's fixed settings (N, Q), its members' addresses, and the
- * grow-only set of ring events (Ring.ts folds them into owners). Merging two states is a
- * union (events) and a per-member "higher incarnation wins" (addresses), so it is
- * commutative, associative and idempotent: any gossip order converges. Pure.
+ * What gossip spreads: the cluster's fixed settings (N, Q), its members' addresses, the ring
+ * as a versioned state, membership requests, and which transfers are done. Pure.
+ *
+ * One order of ring changes (Riak's claimant): nodes only *ask* for changes (a request:
+ * join, leave, remove), and one member, the claimant (the lowest id among the ring's members
+ * that is up), turns pending requests into the next ring version. A ring state names the
+ * current owners (reads and acknowledgements use them) and the `next` owners; while they
+ * differ the cluster is moving: every partition that gains a replica is transferred to it
+ * (Transfer.ts), and only when every transfer of the version is done does the claimant make
+ * `next` current, in a new version. Merging states keeps the higher ring version (a tie,
+ * which two claimants could make during a partition, is broken by content, the same way
+ * everywhere), unions the requests and the done marks, and keeps each member's highest
+ * incarnation: commutative, associative, idempotent, so any gossip order converges.
  */
-import { fromEvents, type Ring, type RingEvent } from "../ring/Ring.ts"
+import { applyEvent, emptyRing, fromEvents, partitionCounts, preferenceList, type Ring, type RingEvent } from "../ring/Ring.ts"
 
 /** How to reach a member. `incarnation` grows each time the node starts. */
 export interface MemberInfo {
@@ -17,24 +26,68 @@ export interface MemberInfo {
   readonly incarnation: number
 }
 
+/** A membership change a node asked for. `id` is unique per request. */
+export interface Request {
+  readonly id: string
+  readonly kind: "join" | "leave" | "remove"
+  readonly node: string
+}
+
+/** The ring at one version: current owners and, while moving, the next ones. */
+export interface RingState {
+  readonly version: number
+  readonly members: ReadonlyArray<string>
+  readonly owners: ReadonlyArray<string>
+  readonly nextMembers: ReadonlyArray<string>
+  readonly next: ReadonlyArray<string>
+  /** Requests this or an earlier version carried out (never pending again). */
+  readonly applied: ReadonlyArray<string>
+  /** Members that left or were removed: their hints go to the current owners. */
+  readonly gone: ReadonlyArray<string>
+}
+
 /** The gossiped state. */
 export interface ClusterState {
   readonly n: number
   readonly partitions: number
   readonly members: ReadonlyArray<MemberInfo>
-  readonly events: ReadonlyArray<RingEvent>
+  readonly ring: RingState
+  readonly requests: ReadonlyArray<Request>
+  /** Transfers done, as `taskId`s (`<version>:<partition>:<receiver>`). */
+  readonly done: ReadonlyArray<string>
+  /** The highest ring version each member has adopted (a transfer's last pass waits for all). */
+  readonly seen: Readonly<Record<string, number>>
 }
 
-const eventKey = (e: RingEvent) => `${e.seq}/${e.node}/${e.kind}`
 const byId = (a: { readonly id: string }, b: { readonly id: string }) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+const sorted = (xs: Iterable<string>) => [...new Set(xs)].sort()
+
+/** The ring state with no members. */
+export const emptyRingState = (q: number): RingState => {
+  const r = emptyRing(q)
+  return { version: 0, members: [], owners: r.owners, nextMembers: [], next: r.owners, applied: [], gone: [] }
+}
 
 /** A new cluster of one member. */
-export const founding = (self: MemberInfo, n: number, partitions: number): ClusterState => ({
-  n,
-  partitions,
-  members: [self],
-  events: [{ seq: 1, node: self.id, kind: "join" }]
+export const founding = (self: MemberInfo, n: number, partitions: number): ClusterState => {
+  const ring = applyEvent(emptyRing(partitions), { seq: 1, node: self.id, kind: "join" })
+  return {
+    n,
+    partitions,
+    members: [self],
+    ring: { version: 1, members: ring.members, owners: ring.owners, nextMembers: ring.members, next: ring.owners, applied: [], gone: [] },
+    requests: [],
+    done: [],
+    seen: { [self.id]: 1 }
+  }
+}
+
+/** A node that is not a member yet: it knows only itself. */
+export const outsider = (self: MemberInfo, n: number, partitions: number): ClusterState => ({
+  n, partitions, members: [self], ring: emptyRingState(partitions), requests: [], done: [], seen: {}
 })
+
+const ringKey = (r: RingState) => JSON.stringify([r.members, r.owners, r.nextMembers, r.next, r.applied, r.gone])
 
 /** The union of two states (they must share N and Q; the transport's hello refuses others). */
 export const merge = (a: ClusterState, b: ClusterState): ClusterState => {
@@ -43,51 +96,174 @@ export const merge = (a: ClusterState, b: ClusterState): ClusterState => {
     const have = members.get(m.id)
     if (have === undefined || m.incarnation > have.incarnation) members.set(m.id, m)
   }
-  const events = new Map(a.events.map((e) => [eventKey(e), e]))
-  for (const e of b.events) events.set(eventKey(e), e)
+  const ring = b.ring.version > a.ring.version || (b.ring.version === a.ring.version && ringKey(b.ring) > ringKey(a.ring)) ? b.ring : a.ring
+  const requests = new Map(a.requests.map((r) => [r.id, r]))
+  for (const r of b.requests) requests.set(r.id, r)
+  const applied = new Set(ring.applied)
+  const seen: Record<string, number> = { ...a.seen }
+  for (const [id, v] of Object.entries(b.seen)) seen[id] = Math.max(seen[id] ?? 0, v)
   return {
     n: a.n,
     partitions: a.partitions,
     members: [...members.values()].sort(byId),
-    events: [...events.values()].sort((x, y) => x.seq - y.seq || (eventKey(x) < eventKey(y) ? -1 : 1))
+    ring,
+    // Requests carried out are dropped; their ids stay in `applied`, so they never come back.
+    requests: [...requests.values()].filter((r) => !applied.has(r.id)).sort(byId),
+    // Only marks of the current version matter; older ones are dropped.
+    done: sorted([...a.done, ...b.done].filter((d) => Number(d.split(":")[0]) === ring.version)),
+    seen
   }
 }
 
 /** Whether `b` adds anything to `a`. */
-export const adds = (a: ClusterState, b: ClusterState): boolean => {
-  const m = merge(a, b)
-  return m.events.length !== a.events.length || m.members.some((x, i) => a.members[i]?.id !== x.id || a.members[i]?.incarnation !== x.incarnation)
+export const adds = (a: ClusterState, b: ClusterState): boolean => JSON.stringify(merge(a, b)) !== JSON.stringify(a)
+
+/** `state` with `member`'s address (a newer incarnation replaces an older one). */
+export const withMember = (state: ClusterState, member: MemberInfo): ClusterState =>
+  merge(state, { ...state, members: [member], requests: [], done: [], seen: {} })
+
+/** `state` with a request added (a no-op if one of that kind is pending for the node). */
+export const request = (state: ClusterState, r: Request): ClusterState => {
+  if (state.requests.some((x) => x.kind === r.kind && x.node === r.node)) return state
+  return merge(state, { ...state, members: [], requests: [r], done: [], seen: {} })
 }
 
-/** `state` with `member` joined (a no-op for a current member, except to update its address). */
-export const join = (state: ClusterState, member: MemberInfo): ClusterState => {
-  const ring = ringOf(state)
-  const withMember = merge(state, { ...state, members: [member], events: [] })
-  if (ring.members.includes(member.id)) return withMember
-  const seq = state.events.reduce((s, e) => Math.max(s, e.seq), 0) + 1
-  return merge(withMember, { ...state, members: [], events: [{ seq, node: member.id, kind: "join" }] })
+/** `state` with this node's adopted ring version recorded. */
+export const sawVersion = (state: ClusterState, id: string): ClusterState =>
+  (state.seen[id] ?? 0) >= state.ring.version ? state : { ...state, seen: { ...state.seen, [id]: state.ring.version } }
+
+/** `state` with a transfer marked done. */
+export const markDone = (state: ClusterState, taskId: string): ClusterState =>
+  state.done.includes(taskId) ? state : merge(state, { ...state, members: [], requests: [], done: [taskId], seen: {} })
+
+const asRing = (partitions: number, members: ReadonlyArray<string>, owners: ReadonlyArray<string>, version: number): Ring =>
+  ({ partitions, owners, members, version })
+
+/** The current ring: reads, acknowledgements and the preference lists of writes. */
+export const currentRing = (state: ClusterState): Ring => asRing(state.partitions, state.ring.members, state.ring.owners, state.ring.version)
+
+/** The ring being moved to (the current one when settled). */
+export const nextRing = (state: ClusterState): Ring => asRing(state.partitions, state.ring.nextMembers, state.ring.next, state.ring.version)
+
+/** Whether the ring is settled: nothing moving, no request pending. */
+export const settled = (state: ClusterState): boolean =>
+  state.requests.length === 0 && state.ring.owners.every((o, p) => o === state.ring.next[p]) && sameMembers(state.ring.members, state.ring.nextMembers)
+
+/** Whether a ring state's next owners and members are its current ones. */
+export const sameRing = (r: RingState): boolean => r.owners.every((o, p) => o === r.next[p]) && sameMembers(r.members, r.nextMembers)
+
+const sameMembers = (a: ReadonlyArray<string>, b: ReadonlyArray<string>) => a.length === b.length && a.every((x, i) => x === b[i])
+
+/** One partition's records going to a node that becomes one of its replicas. */
+export interface TransferTask {
+  readonly id: string
+  readonly partition: number
+  readonly to: string
+  /** Where the records come from: the replica it replaces, or every surviving replica. */
+  readonly from: ReadonlyArray<string>
 }
 
-/** `state` with `member` leaving the ring. */
-export const leave = (state: ClusterState, id: string): ClusterState => {
-  const seq = state.events.reduce((s, e) => Math.max(s, e.seq), 0) + 1
-  return merge(state, { ...state, members: [], events: [{ seq, node: id, kind: "leave" }] })
+/**
+ * The transfers of the current move: for each key partition, every node in its next
+ * preference list and not in its current one receives the partition, from the node it
+ * replaces there (so it holds every write that node acknowledged: R + W > N still holds
+ * after the switch) or, if that node is gone, from every surviving replica.
+ */
+export const transferTasks = (state: ClusterState): TransferTask[] => {
+  const cur = currentRing(state)
+  const nxt = nextRing(state)
+  if (cur.members.length === 0) return []
+  const gone = new Set(state.ring.gone)
+  const tasks: TransferTask[] = []
+  for (let q = 0; q < state.partitions; q++) {
+    const before = preferenceList(cur, q, state.n)
+    const after = preferenceList(nxt, q, state.n)
+    const gaining = after.filter((x) => !before.includes(x))
+    const losing = before.filter((x) => !after.includes(x))
+    gaining.forEach((to, i) => {
+      const replaced = losing[i]
+      const from = replaced !== undefined && !gone.has(replaced) ? [replaced] : before.filter((x) => !gone.has(x))
+      tasks.push({ id: `${state.ring.version}:${q}:${to}`, partition: q, to, from })
+    })
+  }
+  return tasks
 }
 
-let cache: { events: ReadonlyArray<RingEvent>; partitions: number; ring: Ring } | undefined
-
-/** The ring the events describe (memoized on the last events array). */
-export const ringOf = (state: ClusterState): Ring => {
-  if (cache?.events === state.events && cache.partitions === state.partitions) return cache.ring
-  const ring = fromEvents(state.partitions, state.events)
-  cache = { events: state.events, partitions: state.partitions, ring }
-  return ring
+/**
+ * The claimant's step, or undefined when there is nothing to do: finish the move once every
+ * transfer is done (next becomes current), or else turn the pending requests into a move.
+ * Pure: `now` the state, `claimant` the node acting.
+ */
+export const claimantStep = (state: ClusterState, claimant: string): ClusterState | undefined => {
+  const r = state.ring
+  const moving = !r.owners.every((o, p) => o === r.next[p]) || !sameMembers(r.members, r.nextMembers)
+  if (moving) {
+    const done = new Set(state.done)
+    if (!transferTasks(state).every((t) => done.has(t.id))) return undefined
+    return adopt(state, { ...r, version: r.version + 1, members: r.nextMembers, owners: r.next }, claimant)
+  }
+  const pending = state.requests.filter((x) => !r.applied.includes(x.id))
+  if (pending.length === 0) return undefined
+  let ring: Ring = asRing(state.partitions, r.members, r.owners, r.version)
+  const gone = new Set(r.gone)
+  const order = { remove: 0, leave: 1, join: 2 } as const
+  for (const x of [...pending].sort((a, b) => order[a.kind] - order[b.kind] || (a.node < b.node ? -1 : a.node > b.node ? 1 : 0))) {
+    if (x.kind === "join") {
+      gone.delete(x.node)
+      ring = applyEvent(ring, { seq: 0, node: x.node, kind: "join" })
+    } else if (ring.members.includes(x.node) && ring.members.length > 1) {
+      gone.add(x.node)
+      ring = applyEvent(ring, { seq: 0, node: x.node, kind: "leave" })
+    }
+  }
+  const next: RingState = {
+    version: r.version + 1,
+    members: r.members,
+    owners: r.owners,
+    nextMembers: ring.members,
+    next: ring.owners,
+    applied: [...r.applied, ...pending.map((x) => x.id)].slice(-1000),
+    gone: sorted(gone)
+  }
+  return adopt(state, next, claimant)
 }
+
+const adopt = (state: ClusterState, ring: RingState, by: string): ClusterState => {
+  const s: ClusterState = { ...state, ring, requests: state.requests.filter((x) => !ring.applied.includes(x.id)), done: [] }
+  return sawVersion(s, by)
+}
+
+/** Per member, how many partitions it owns now. */
+export const ownedCounts = (state: ClusterState): Map<string, number> => partitionCounts(currentRing(state))
 
 /** Checks an untrusted value (from a peer or a file) is a ClusterState. */
 export const isClusterState = (v: unknown): v is ClusterState => {
   const s = v as ClusterState
+  const strs = (x: unknown): x is string[] => Array.isArray(x) && x.every((y) => typeof y === "string")
+  const r = s?.ring
   return typeof s === "object" && s !== null && Number.isInteger(s.n) && Number.isInteger(s.partitions) &&
     Array.isArray(s.members) && s.members.every((m) => typeof m?.id === "string" && typeof m.host === "string" && Number.isInteger(m.port) && Number.isInteger(m.clusterPort) && Number.isInteger(m.incarnation)) &&
-    Array.isArray(s.events) && s.events.every((e) => Number.isInteger(e?.seq) && typeof e.node === "string" && (e.kind === "join" || e.kind === "leave"))
+    typeof r === "object" && r !== null && Number.isInteger(r.version) && strs(r.members) && strs(r.owners) && strs(r.nextMembers) && strs(r.next) && strs(r.applied) && strs(r.gone) &&
+    (r.owners.length === 0 || r.owners.length === s.partitions) && (r.next.length === 0 || r.next.length === s.partitions) &&
+    Array.isArray(s.requests) && s.requests.every((x) => typeof x?.id === "string" && typeof x.node === "string" && (x.kind === "join" || x.kind === "leave" || x.kind === "remove")) &&
+    strs(s.done) && typeof s.seen === "object" && s.seen !== null && Object.values(s.seen).every((x) => Number.isInteger(x))
+}
+
+/** A state persisted by the first format (a grow-only set of ring events), upgraded. */
+export const fromLegacy = (v: unknown): ClusterState | undefined => {
+  const s = v as { n?: unknown; partitions?: unknown; members?: unknown; events?: unknown }
+  if (typeof s !== "object" || s === null || !Number.isInteger(s.n) || !Number.isInteger(s.partitions) || !Array.isArray(s.events) || !Array.isArray(s.members)) return undefined
+  const events = s.events as RingEvent[]
+  if (!events.every((e) => Number.isInteger(e?.seq) && typeof e.node === "string" && (e.kind === "join" || e.kind === "leave"))) return undefined
+  const ring = fromEvents(s.partitions as number, events)
+  const candidate: ClusterState = {
+    n: s.n as number,
+    partitions: s.partitions as number,
+    members: s.members as MemberInfo[],
+    ring: { version: ring.version, members: ring.members, owners: ring.owners, nextMembers: ring.members, next: ring.owners, applied: [], gone: [] },
+    requests: [],
+    done: [],
+    seen: {}
+  }
+  return isClusterState(candidate) ? candidate : undefined
 }

@@ -1,16 +1,18 @@
 /**
  * Who is in the cluster and who is alive. Gossip: every second this node exchanges its
- * ClusterState with one random member (push-pull), so membership and ring events spread in
+ * ClusterState with one random member (push-pull), so membership and ring changes spread in
  * O(log S) rounds. Failure detection: every second it pings every member; replies (and
  * pings received) are heartbeats for a phi accrual detector (FailureDetector.ts). A new node
- * joins through a seed's client address. The state is kept in <data>/cluster.json so a
- * restarted node knows the ring before anyone answers.
+ * asks a seed (found through its client address) to add a join request; the claimant, the
+ * lowest-id ring member that is up, turns requests into ring versions (ClusterState.ts), one
+ * move at a time, and finishes a move once its transfers are done. The state is kept in
+ * <data>/cluster.json so a restarted node knows the ring before anyone answers.
  */
 import * as path from "node:path"
-import { Clock, Context, Effect, Layer, Schedule } from "effect"
+import { Clock, Context, Effect, Layer, Random, Schedule } from "effect"
 import { writeFileDurable, type FilesApi } from "../../engine/Files.ts"
 import type { ClusterView } from "../coordinator/Coordinator.ts"
-import { partitionCounts, type Ring } from "../ring/Ring.ts"
+import type { Ring } from "../ring/Ring.ts"
 import { Transport, type Peer } from "../transport/Transport.ts"
 import * as State from "./ClusterState.ts"
 import { FailureDetector, type NodeStatus } from "./FailureDetector.ts"
@@ -36,7 +38,7 @@ export interface MembershipConfig {
 export type MembershipMessage =
   | { readonly t: "ping" }
   | { readonly t: "gossip"; readonly state: State.ClusterState }
-  | { readonly t: "join"; readonly member: State.MemberInfo }
+  | { readonly t: "join"; readonly member: State.MemberInfo; readonly request?: string }
 
 /** A node could not join: its seeds refused it (different N or Q) or none answered. */
 export class JoinRefused extends Error {
@@ -47,7 +49,18 @@ export class JoinRefused extends Error {
 export class Membership extends Context.Service<Membership, {
   readonly self: State.MemberInfo
   readonly state: () => State.ClusterState
+  /** The current ring: reads, acknowledgements, write preference lists. */
   readonly ring: () => Ring
+  /** The ring being moved to (the current one when settled). */
+  readonly nextRing: () => Ring
+  /** Whether the ring is moving (next owners differ from the current ones). */
+  readonly moving: () => boolean
+  /** Asks for a membership change (gossiped; the claimant carries it out). */
+  readonly requestChange: (kind: "leave" | "remove", node: string) => Effect.Effect<void>
+  /** Records a transfer of the current move as done. */
+  readonly markDone: (taskId: string) => void
+  /** Calls `f` after every change of the ring version this node adopts. */
+  readonly onRing: (f: (state: State.ClusterState) => void) => void
   readonly status: (id: string) => NodeStatus
   readonly peer: (id: string) => Peer | undefined
   readonly view: () => ClusterView
@@ -72,8 +85,9 @@ const STATE_FILE = "cluster.json"
 const loadState = (config: MembershipConfig): State.ClusterState | undefined => {
   const file = path.join(config.dataDir, STATE_FILE)
   if (!config.files.exists(file)) return undefined
-  const parsed: unknown = JSON.parse(config.files.readFile(file).toString("utf8"))
-  if (!State.isClusterState(parsed)) throw new Error(`${file} is not a cluster state; move it away to rejoin from the seeds`)
+  const raw: unknown = JSON.parse(config.files.readFile(file).toString("utf8"))
+  const parsed = State.isClusterState(raw) ? raw : State.fromLegacy(raw)
+  if (parsed === undefined) throw new Error(`${file} is not a cluster state; move it away to rejoin from the seeds`)
   if (parsed.n !== config.n || parsed.partitions !== config.partitions) {
     throw new JoinRefused(`this node's data belongs to a cluster with N=${parsed.n} and ${parsed.partitions} partitions, but it was started with N=${config.n} and ${config.partitions}; these are fixed when a cluster is created`)
   }
@@ -89,9 +103,10 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   const stored = loadState(config)
   const incarnation = (stored?.members.find((m) => m.id === config.self.id)?.incarnation ?? 0) + 1
   const self: State.MemberInfo = { ...config.self, incarnation }
+  const hasSeeds = config.seeds.length > 0 || (config.seedPeers ?? []).length > 0
   let state = stored === undefined
-    ? (config.seeds.length === 0 && (config.seedPeers ?? []).length === 0 ? State.founding(self, config.n, config.partitions) : { n: config.n, partitions: config.partitions, members: [self], events: [] })
-    : State.join(stored, self)
+    ? (hasSeeds ? State.outsider(self, config.n, config.partitions) : State.founding(self, config.n, config.partitions))
+    : State.withMember(stored, self)
   // One clock for heartbeats and verdicts: the Effect Clock, so a TestClock drives both.
   const clock = yield* Clock.Clock
   const nowMs = () => clock.currentTimeMillisUnsafe()
@@ -99,20 +114,32 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   const upListeners: Array<(id: string) => void> = []
   const lastStatus = new Map<string, NodeStatus>()
 
+  const ringListeners: Array<(s: State.ClusterState) => void> = []
   const persist = () => writeFileDurable(config.files, path.join(config.dataDir, STATE_FILE), Buffer.from(JSON.stringify(state)))
+  /** Adopts `next` as this node's state: records the ring version seen, persists, tells listeners. */
+  const adopt = (next: State.ClusterState) => {
+    const before = state.ring.version
+    const known = new Set(state.members.map((m) => m.id))
+    state = State.sawVersion(next, self.id)
+    for (const m of state.members) if (!known.has(m.id)) detector.heartbeat(m.id, nowMs())
+    persist()
+    if (state.ring.version !== before) for (const f of ringListeners) f(state)
+  }
   const absorb = (other: State.ClusterState) => {
     if (other.n !== state.n || other.partitions !== state.partitions) return
     if (!State.adds(state, other)) return
-    const known = new Set(state.members.map((m) => m.id))
-    state = State.merge(state, other)
-    for (const m of state.members) if (!known.has(m.id)) detector.heartbeat(m.id, nowMs())
-    persist()
+    adopt(State.merge(state, other))
   }
-  persist()
+  adopt(state)
 
   const now = () => Effect.sync(nowMs)
   const peerOf = (m: State.MemberInfo): Peer => ({ id: m.id, host: m.host, port: m.clusterPort })
-  const others = () => state.members.filter((m) => m.id !== self.id)
+  /** Nodes to ping and gossip with: ring members, joiners, and nodes asking to join; not the gone. */
+  const others = () => {
+    const r = state.ring
+    const gone = new Set(r.gone.filter((g) => !r.nextMembers.includes(g)))
+    return state.members.filter((m) => m.id !== self.id && !gone.has(m.id))
+  }
 
   const status = (id: string): NodeStatus => {
     if (id === self.id) return "up"
@@ -137,15 +164,18 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   const gossipOnce = Effect.suspend(() => {
     const candidates = others()
     if (candidates.length === 0) return Effect.void
-    const m = candidates[Math.floor(Math.random() * candidates.length)]!
-    return transport.request(peerOf(m), { t: "gossip", state }, heartbeatMs * 2).pipe(
+    return Random.nextIntBetween(0, candidates.length, { halfOpen: true }).pipe(Effect.flatMap((i) => transport.request(peerOf(candidates[i]!), { t: "gossip", state }, heartbeatMs * 2).pipe(
       Effect.map((reply) => {
         const s = (reply as { state?: unknown } | null)?.state
         if (State.isClusterState(s)) absorb(s)
       }),
       Effect.ignore
-    )
+    )))
   })
+
+  /** A loop's step that fails or dies is logged and the loop goes on: membership must not stop silently. */
+  const survive = (what: string) => <A, E, R>(step: Effect.Effect<A, E, R>) =>
+    step.pipe(Effect.asVoid, Effect.catchCause((cause) => Effect.logError(`membership ${what} step failed: ${String(cause)}`)))
 
   /** The internode address of a seed: asked of its client API, or given (simulated clusters). */
   const seedPeers: ReadonlyArray<{ readonly name: string; readonly peer: Effect.Effect<Peer | undefined, unknown> }> = [
@@ -168,6 +198,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
     })),
     ...(config.seedPeers ?? []).map((peer) => ({ name: peer.id, peer: Effect.succeed(peer.id === self.id ? undefined : peer) }))
   ]
+  const joinRequest = `join:${self.id}:${incarnation}:${(yield* Random.nextInt).toString(36)}`
 
   /** One attempt at joining through each seed; true once a seed accepted us. */
   const joinOnce = Effect.suspend(() =>
@@ -175,7 +206,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
       seed.peer.pipe(
         Effect.flatMap((peer) => {
           if (peer === undefined) return Effect.succeed(false)
-          return transport.request(peer, { t: "join", member: self }, 5000).pipe(
+          return transport.request(peer, { t: "join", member: self, request: joinRequest }, 5000).pipe(
             Effect.map((reply) => {
               const s = (reply as { state?: unknown } | null)?.state
               if (!State.isClusterState(s)) return false
@@ -192,17 +223,30 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
     ).pipe(Effect.map((oks) => oks.some(Boolean)))
   )
 
-  const joined = () => State.ringOf(state).members.includes(self.id)
+  // The rings, built once per state (the request path asks for them on every request).
+  let ringsOf: { state: State.ClusterState; current: Ring; next: Ring } | undefined
+  const rings = () => {
+    if (ringsOf?.state !== state) ringsOf = { state, current: State.currentRing(state), next: State.nextRing(state) }
+    return ringsOf
+  }
+  const currentRing = () => rings().current
+  const nextRing = () => rings().next
+  let movingOf: { state: State.ClusterState | undefined; moving: boolean } = { state: undefined, moving: false }
+
+  /** A member of the ring, or of the one being moved to (a joiner coordinates at once). */
+  const joined = () => state.ring.members.includes(self.id) || state.ring.nextMembers.includes(self.id)
 
   if (!joined() && seedPeers.length > 0) {
-    // Wait a while for a seed (a cluster's nodes often start together), then go on trying.
-    const deadline = Date.now() + (config.joinWaitMs ?? 15_000)
-    let ok = false
-    while (!ok && Date.now() < deadline) {
-      ok = yield* joinOnce
-      if (!ok) yield* Effect.sleep("500 millis")
+    // Wait a while for a seed (a cluster's nodes often start together) and for the claimant
+    // to take the request into a ring version, then go on trying in the background.
+    const deadline = nowMs() + (config.joinWaitMs ?? 15_000)
+    // Asked again until the answer shows us in the ring: the seed's reply carries its state,
+    // and this node serves no gossip until it has started.
+    while (!joined() && nowMs() < deadline) {
+      yield* joinOnce
+      if (!joined()) yield* Effect.sleep("250 millis")
     }
-    if (!ok) {
+    if (!joined()) {
       yield* Effect.logWarning("no seed answered; this node will keep trying to join in the background")
       yield* joinOnce.pipe(
         Effect.flatMap((done) => (done || joined() ? Effect.fail("joined" as const) : Effect.void)),
@@ -219,10 +263,20 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   const t0 = nowMs()
   for (const m of others()) detector.heartbeat(m.id, t0)
   yield* Effect.suspend(() => Effect.forEach(others(), heartbeatOne, { concurrency: "unbounded", discard: true })).pipe(
+    survive("heartbeat"),
     Effect.repeat(Schedule.spaced(heartbeatMs)),
     Effect.forkScoped
   )
-  yield* gossipOnce.pipe(Effect.repeat(Schedule.spaced(gossipMs)), Effect.forkScoped)
+  yield* gossipOnce.pipe(survive("gossip"), Effect.repeat(Schedule.spaced(gossipMs)), Effect.forkScoped)
+
+  /** The claimant: the lowest-id member of the current ring that this node sees up. */
+  const claimant = () => state.ring.members.find((m) => status(m) === "up")
+  const claimantTick = Effect.sync(() => {
+    if (claimant() !== self.id) return
+    const next = State.claimantStep(state, self.id)
+    if (next !== undefined) adopt(next)
+  })
+  yield* claimantTick.pipe(survive("claimant"), Effect.repeat(Schedule.spaced(Math.max(100, Math.floor(gossipMs / 2)))), Effect.forkScoped)
 
   const handle = (from: string, msg: MembershipMessage): Effect.Effect<unknown> =>
     Effect.gen(function*() {
@@ -237,10 +291,12 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
           return { t: "gossip", state }
         case "join": {
           const m = msg.member
-          if (typeof m?.id === "string" && typeof m.host === "string") {
-            state = State.join(state, m)
-            persist()
-            yield* Effect.logInfo(`node ${m.id} joined through this node`)
+          if (typeof m?.id === "string" && typeof m.host === "string" && Number.isInteger(m.port) && Number.isInteger(m.clusterPort) && Number.isInteger(m.incarnation)) {
+            let next = State.withMember(state, m)
+            const member = next.ring.members.includes(m.id) || next.ring.nextMembers.includes(m.id)
+            if (!member) next = State.request(next, { id: typeof msg.request === "string" ? msg.request : `join:${m.id}:${m.incarnation}`, kind: "join", node: m.id })
+            adopt(next)
+            if (!member) yield* Effect.logInfo(`node ${m.id} asked to join through this node`)
           }
           return { t: "state", state }
         }
@@ -250,22 +306,36 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   return Membership.of({
     self,
     state: () => state,
-    ring: () => State.ringOf(state),
+    ring: () => currentRing(),
+    nextRing: () => nextRing(),
+    moving: () => {
+      if (movingOf.state !== state) movingOf = { state, moving: !State.sameRing(state.ring) }
+      return movingOf.moving
+    },
+    requestChange: (kind, node) =>
+      Random.nextInt.pipe(Effect.map((r) => adopt(State.request(state, { id: `${kind}:${node}:${r.toString(36)}`, kind, node })))),
+    markDone: (taskId) => {
+      if (!state.done.includes(taskId)) adopt(State.markDone(state, taskId))
+    },
+    onRing: (f) => void ringListeners.push(f),
     status,
     peer: (id) => {
       const m = state.members.find((x) => x.id === id)
       return m === undefined ? undefined : peerOf(m)
     },
     view: () => {
-      const ring = State.ringOf(state)
-      const counts = partitionCounts(ring)
+      const r = state.ring
+      const counts = State.ownedCounts(state)
+      const listed = state.members.filter((m) => r.members.includes(m.id) || r.nextMembers.includes(m.id) || state.requests.some((x) => x.node === m.id && x.kind === "join"))
       return {
         n: state.n,
         partitions: state.partitions,
-        nodes: state.members.map((m) => ({
+        settled: State.settled(state),
+        ringVersion: r.version,
+        nodes: listed.map((m) => ({
           id: m.id,
           address: `${m.host}:${m.port}`,
-          status: ring.members.includes(m.id) ? status(m.id) : ("leaving" as const),
+          status: !r.members.includes(m.id) ? ("joining" as const) : !r.nextMembers.includes(m.id) ? ("leaving" as const) : status(m.id),
           partitions: counts.get(m.id) ?? 0
         }))
       }

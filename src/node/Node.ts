@@ -10,12 +10,13 @@ import type { FastifyInstance } from "fastify"
 import pino from "pino"
 import { Engine, type EngineConfig } from "../../engine/Engine.ts"
 import { buildServer } from "../api/Server.ts"
-import type { ApiError } from "../Errors.ts"
+import { apiError, type ApiError } from "../Errors.ts"
 import type { LiveSettingsShape, NodeSettings } from "../config/Settings.ts"
 import { makeMemoryFiles, nodeFilesApi, type FilesApi } from "../../engine/Files.ts"
 import { Coordinator } from "../coordinator/Coordinator.ts"
 import { isDataMessage } from "../coordinator/Messages.ts"
 import { Handoff, shipLoop } from "../handoff/Handoff.ts"
+import { isTransferMessage, Transfer } from "../transfer/Transfer.ts"
 import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
@@ -25,6 +26,8 @@ import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
 export interface RunningNode {
   readonly id: string
   readonly url: string
+  /** Resolves once this node, having asked to leave, is out of the ring: then it stops. */
+  readonly left: Promise<void>
   /** Applies settings that can change live. */
   applyLive(patch: Partial<LiveSettingsShape>): void
   /** Stops gracefully; resolves when the data is flushed and the directory released. */
@@ -45,6 +48,8 @@ export interface StartOptions {
 /** A node assembled but not listening: its Fastify app and how to stop it. */
 export interface AssembledNode {
   readonly app: FastifyInstance
+  /** Resolves once this node, having asked to leave, is out of the ring. */
+  readonly left: Promise<void>
   applyLive(patch: Partial<LiveSettingsShape>): void
   /** Closes the app, then the runtime (engine flush and release). */
   close(): Promise<void>
@@ -95,7 +100,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     files
   })
   const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync, partitions: settings.partitions })
-  const services = Coordinator.layer({ n: settings.n }).pipe(
+  const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: 2, bytesPerSecond: 0 })
+  const services = Layer.merge(Coordinator.layer({ n: settings.n }), transfer).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
     Layer.provideMerge(Layer.mergeAll(engine, handoff)),
     Layer.provideMerge(membership),
@@ -106,9 +112,11 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     const t = yield* Transport
     const m = yield* Membership
     const c = yield* Coordinator
+    const x = yield* Transfer
     yield* t.serve((from, payload) => {
       if (isMembershipMessage(payload)) return m.handle(from, payload)
       if (isDataMessage(payload)) return c.handle(from, payload)
+      if (isTransferMessage(payload)) return x.handle(from, payload)
       return Effect.fail(new Error("unknown message"))
     })
     yield* shipLoop(
@@ -124,8 +132,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   }))
   const layer = internode.pipe(Layer.provideMerge(services), Layer.provide(Logger.layer([toPino])))
   const runtime = ManagedRuntime.make(layer)
-  const { engineService, membershipService, transportService, handoffService } = await runtime.runPromise(Effect.gen(function*() {
-    return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff }
+  const { engineService, membershipService, transportService, handoffService, transferService } = await runtime.runPromise(Effect.gen(function*() {
+    return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff, transferService: yield* Transfer }
   })).catch(async (e) => {
     await runtime.dispose()
     throw e
@@ -160,12 +168,39 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
         cluster: { host: settings.host, port: transportService.self.port }
       }
     },
+    admin: {
+      leave: async () => {
+        const s = membershipService.state()
+        if (!s.ring.members.includes(settings.id)) return apiError("not_joined", `node ${settings.id} is not a ring member`)
+        if (s.ring.members.length <= 1) return apiError("bad_request", `node ${settings.id} is the only member: there is no one to hand its data to`)
+        await runtime.runPromise(membershipService.requestChange("leave", settings.id))
+        leaving = true
+        return undefined
+      },
+      remove: async (node) => {
+        const s = membershipService.state()
+        if (node === settings.id) return apiError("bad_request", "a node cannot remove itself: POST /admin/leave on it instead")
+        if (!s.ring.members.includes(node) && !s.ring.nextMembers.includes(node)) return apiError("bad_request", `${node} is not a ring member`)
+        if (membershipService.status(node) === "up") return apiError("bad_request", `${node} is up: remove is for a node gone for good; POST /admin/leave on it to hand its data over`)
+        await runtime.runPromise(membershipService.requestChange("remove", node))
+        return undefined
+      },
+      transfers: () => runtime.runPromise(transferService.list)
+    },
     ...(settings.enableFaultInjection ? { faults: { set: (d: ReadonlyArray<string>) => transportService.setDropped(d), get: () => transportService.getDropped() } } : {})
   })
   const engine_ = engineService
   let closing: Promise<void> | undefined
+  // A node that asked to leave is done once the ring no longer has it, current or next.
+  let leaving = false
+  let resolveLeft: () => void = () => {}
+  const left = new Promise<void>((resolve) => (resolveLeft = resolve))
+  membershipService.onRing((s) => {
+    if (leaving && !s.ring.members.includes(settings.id) && !s.ring.nextMembers.includes(settings.id)) resolveLeft()
+  })
   return {
     app,
+    left,
     applyLive: (patch) => {
       if (patch.r !== undefined) live.r = patch.r
       if (patch.w !== undefined) live.w = patch.w
@@ -209,5 +244,5 @@ export const startNode = async (settings: NodeSettings, options: StartOptions = 
     await node.close()
     throw e
   }
-  return { id: settings.id, url: `http://${settings.host}:${settings.port}`, applyLive: node.applyLive, close: node.close }
+  return { id: settings.id, url: `http://${settings.host}:${settings.port}`, left: node.left, applyLive: node.applyLive, close: node.close }
 }

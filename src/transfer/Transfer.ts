@@ -1,0 +1,403 @@
+/**
+ * Partition transfer: while the ring moves (ClusterState.ts), every node that gains a
+ * replica of a partition pulls that partition's records from the node it replaces (or, when
+ * that node is gone, from every surviving replica) and merges them through the ordinary
+ * replica merge, so what arrives is the same record, and siblings stay siblings.
+ *
+ * A pull is a snapshot, then the log: pages of the source's keys in key order (a key cursor,
+ * so either side may crash and the pull resumes where its checkpoint says), then the source's
+ * changes for the partition from the LSN the snapshot started at, until a page comes back
+ * short. The last pass waits until every member has adopted this ring version, so writes
+ * from coordinators that had not yet heard of the move reached the source before it; writes
+ * coordinated later go to the new replica directly. Only then is the transfer marked done,
+ * and only when every transfer of the move is done does the claimant switch ownership.
+ * After a switch a node drops the partitions it no longer replicates.
+ */
+import * as path from "node:path"
+import { Clock, Context, Effect, Layer, Schedule, Stream } from "effect"
+import { Engine } from "../../engine/Engine.ts"
+import { makeDirDurable } from "../../engine/Log.ts"
+import { writeFileDurable, type FilesApi } from "../../engine/Files.ts"
+import { Membership } from "../membership/Membership.ts"
+import * as State from "../membership/ClusterState.ts"
+import { Replica } from "../replica/Replica.ts"
+import { preferenceList } from "../ring/Ring.ts"
+import { Transport } from "../transport/Transport.ts"
+import { decodeObject, objectBytes } from "../versions/Sibling.ts"
+
+/** Transfer settings (concurrency and rate are live). */
+export interface TransferConfig {
+  readonly dataDir: string
+  readonly files: FilesApi
+  /** Transfers this node receives at once. */
+  concurrency: number
+  /** Most bytes per second this node pulls, over all its transfers (0: no limit). */
+  bytesPerSecond: number
+  /** Records per page. */
+  readonly pageSize?: number
+  /** How often to look for work, ms. */
+  readonly intervalMs?: number
+  /** No progress for this long: reported as stalled, ms. */
+  readonly stallMs?: number
+}
+
+/** Internode messages served by the source of a transfer. */
+export type TransferMessage =
+  | { readonly t: "xfer-keys"; readonly partition: number; readonly after: string | null; readonly limit: number }
+  | { readonly t: "xfer-changes"; readonly partition: number; readonly from: number; readonly limit: number }
+  | { readonly t: "xfer-status" }
+
+/** A page of records. `lsn`: the snapshot's start (keys) or the next LSN to ask for (changes). */
+export interface TransferPage {
+  readonly t: "xfer-page"
+  readonly records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>
+  readonly lsn: number
+  readonly more: boolean
+}
+
+/** One transfer as /admin/transfers shows it. */
+export interface TransferView {
+  readonly partition: number
+  readonly from: string
+  readonly to: string
+  readonly state: "pending" | "running" | "stalled"
+  readonly keysSent: number
+  readonly keysTotal: number
+}
+
+/** Whether a message is for the transfer service. */
+export const isTransferMessage = (m: unknown): m is TransferMessage => {
+  const x = m as Record<string, unknown> | null
+  if (typeof x !== "object" || x === null) return false
+  switch (x.t) {
+    case "xfer-keys":
+      return Number.isInteger(x.partition) && (x.after === null || typeof x.after === "string") && Number.isInteger(x.limit) && (x.limit as number) > 0 && (x.limit as number) <= 10_000
+    case "xfer-changes":
+      return Number.isInteger(x.partition) && Number.isSafeInteger(x.from) && (x.from as number) >= 0 && Number.isInteger(x.limit) && (x.limit as number) > 0 && (x.limit as number) <= 10_000
+    case "xfer-status":
+      return true
+    default:
+      return false
+  }
+}
+
+interface Running {
+  readonly task: State.TransferTask
+  source: string
+  keysSent: number
+  keysTotal: number
+  lastProgress: number
+}
+
+interface Checkpoint {
+  readonly phase: "keys" | "changes"
+  readonly after: string | null
+  /** LSN the snapshot started at (keys), or the next LSN to ask for (changes). */
+  readonly lsn: number
+}
+
+/** The transfer service: serves pulls, runs this node's pulls, drops what moved away. */
+export class Transfer extends Context.Service<Transfer, {
+  readonly handle: (from: string, msg: TransferMessage) => Effect.Effect<unknown>
+  /** The whole cluster's pending and running transfers (asks the receivers). */
+  readonly list: Effect.Effect<ReadonlyArray<TransferView>>
+  /** Transfers running here. */
+  readonly local: () => ReadonlyArray<TransferView>
+  /** Live settings. */
+  readonly reconfigure: (patch: { readonly concurrency?: number; readonly bytesPerSecond?: number }) => void
+}>()("tally/transfer/Transfer") {
+  static readonly layer = (config: TransferConfig) => Layer.effect(Transfer, make(config))
+}
+
+/** Builds the service and starts its loop in the layer's scope. */
+export const make = Effect.fnUntraced(function*(config: TransferConfig) {
+  const engine = yield* Engine
+  const replica = yield* Replica
+  const membership = yield* Membership
+  const transport = yield* Transport
+  const pageSize = config.pageSize ?? 500
+  const dir = path.join(config.dataDir, "transfers")
+  makeDirDurable(config.files, dir)
+  const running = new Map<string, Running>()
+  const stallMs = config.stallMs ?? 60_000
+  const clock = yield* Clock.Clock
+  const now = () => clock.currentTimeMillisUnsafe()
+  let pulledBytes = 0
+  let windowStart = now()
+
+  // ---- the source side -----------------------------------------------------------------
+
+  /** Sorted key lists per partition, reused across the pages of one snapshot. */
+  const sortedKeys = new Map<number, { readonly at: number; readonly keys: ReadonlyArray<string> }>()
+  const keysOf = (partition: number) =>
+    Effect.gen(function*() {
+      const have = sortedKeys.get(partition)
+      if (have !== undefined && now() - have.at < 5_000) return have.keys
+      const keys = [...(yield* engine.partitionKeys(partition))].sort()
+      sortedKeys.set(partition, { at: now(), keys })
+      return keys
+    })
+
+  const keysPage = (partition: number, after: string | null, limit: number) =>
+    Effect.gen(function*() {
+      const lsn = yield* engine.nextLsn
+      const keys = yield* keysOf(partition)
+      // Binary search for the first key after the cursor.
+      let lo = 0
+      let hi = keys.length
+      if (after !== null) {
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1
+          if (keys[mid]! <= after) lo = mid + 1
+          else hi = mid
+        }
+      }
+      const records: Array<{ key: string; object: Uint8Array }> = []
+      let i = lo
+      for (; i < keys.length && records.length < limit; i++) {
+        const found = yield* replica.readEncoded(keys[i]!)
+        if (found !== undefined) records.push({ key: keys[i]!, object: found.bytes })
+      }
+      return { t: "xfer-page", records, lsn: lsn - 1, more: i < keys.length, total: keys.length } as TransferPage & { total: number }
+    })
+
+  const changesPage = (partition: number, from: number, limit: number) =>
+    Effect.gen(function*() {
+      const end = (yield* engine.nextLsn) - 1
+      const got = yield* engine.changes(from, { follow: false }).pipe(
+        Stream.filter((e) => e.partition === partition && e.lsn <= end),
+        Stream.take(limit),
+        Stream.runCollect
+      )
+      const entries = [...got]
+      const full = entries.length >= limit
+      const next = full ? entries[entries.length - 1]!.lsn + 1 : Math.max(from, end + 1)
+      return { t: "xfer-page", records: entries.map((e) => ({ key: e.key, object: objectBytes(e) })), lsn: next, more: full } satisfies TransferPage
+    })
+
+  const handle = (from: string, msg: TransferMessage): Effect.Effect<unknown> => {
+    void from
+    const reply: Effect.Effect<unknown, unknown> = msg.t === "xfer-keys"
+      ? keysPage(msg.partition, msg.after, msg.limit)
+      : msg.t === "xfer-changes"
+      ? changesPage(msg.partition, msg.from, msg.limit)
+      : Effect.succeed({ t: "xfer-status", transfers: local() })
+    return reply.pipe(Effect.catch((e: unknown) => {
+      const tag = (e as { _tag?: string })?._tag
+      const code = tag === "SnapshotRequired" ? "snapshot_required" : "storage_error"
+      return Effect.succeed({ t: "xfer-err", code, message: String((e as Error)?.message ?? e) })
+    }))
+  }
+
+  // ---- the receiving side --------------------------------------------------------------
+
+  const checkpointFile = (taskId: string, source: string) => path.join(dir, `${taskId.replaceAll(":", "_")}_${source}.json`)
+  const loadCheckpoint = (taskId: string, source: string): Checkpoint | undefined => {
+    const f = checkpointFile(taskId, source)
+    if (!config.files.exists(f)) return undefined
+    try {
+      const c = JSON.parse(config.files.readFile(f).toString("utf8")) as Checkpoint
+      return (c.phase === "keys" || c.phase === "changes") && Number.isSafeInteger(c.lsn) ? c : undefined
+    } catch {
+      return undefined
+    }
+  }
+  const saveCheckpoint = (taskId: string, source: string, c: Checkpoint) =>
+    writeFileDurable(config.files, checkpointFile(taskId, source), Buffer.from(JSON.stringify(c)))
+  const clearCheckpoints = (taskId: string) => {
+    const prefix = `${taskId.replaceAll(":", "_")}_`
+    for (const f of config.files.list(dir)) if (f.startsWith(prefix)) config.files.unlink(path.join(dir, f))
+  }
+
+  const ask = (source: string, msg: TransferMessage) =>
+    Effect.gen(function*() {
+      const peer = membership.peer(source)
+      if (peer === undefined) return yield* Effect.fail(new Error(`unknown node ${source}`))
+      const r = (yield* transport.request(peer, msg, 30_000)) as (TransferPage & { total?: number }) | { t: "xfer-err"; code: string; message: string }
+      if (r?.t === "xfer-err") return yield* Effect.fail(r.code === "snapshot_required" ? ("snapshot_required" as const) : new Error(`${source}: ${r.message}`))
+      if (r?.t !== "xfer-page" || !Array.isArray(r.records)) return yield* Effect.fail(new Error(`${source} answered a transfer with ${JSON.stringify(r)?.slice(0, 80)}`))
+      return r
+    })
+
+  /** Merges a page into the local replica, paced by the node's byte rate. */
+  const apply = (run: Running, page: TransferPage) =>
+    Effect.gen(function*() {
+      let bytes = 0
+      for (const r of page.records) {
+        const o = decodeObject(r.object)
+        if (o === undefined) return yield* Effect.fail(new Error(`unreadable object for ${JSON.stringify(r.key)}`))
+        yield* replica.merge(r.key, o)
+        bytes += r.object.length + r.key.length
+      }
+      run.keysSent += page.records.length
+      run.lastProgress = now()
+      pulledBytes += bytes
+      const rate = config.bytesPerSecond
+      if (rate > 0) {
+        const ahead = (pulledBytes / rate) * 1000 - (now() - windowStart)
+        if (ahead > 1) yield* Effect.sleep(ahead)
+        if (now() - windowStart > 10_000) {
+          windowStart = now()
+          pulledBytes = 0
+        }
+      }
+    })
+
+  /** Whether every member in the move has adopted its ring version. */
+  const allSeen = (version: number) => {
+    const s = membership.state()
+    const ids = new Set([...s.ring.members, ...s.ring.nextMembers])
+    return [...ids].every((id) => (s.seen[id] ?? 0) >= version || membership.status(id) === "down")
+  }
+
+  const pullFrom = (run: Running, source: string, version: number) =>
+    Effect.gen(function*() {
+      run.source = source
+      const taskId = run.task.id
+      let cp = loadCheckpoint(taskId, source) ?? { phase: "keys", after: null, lsn: -1 }
+      for (;;) {
+        if (cp.phase === "keys") {
+          const page = yield* ask(source, { t: "xfer-keys", partition: run.task.partition, after: cp.after, limit: pageSize })
+          yield* apply(run, page)
+          run.keysTotal = Math.max(run.keysTotal, (page as { total?: number }).total ?? 0)
+          const lsn = cp.lsn < 0 ? page.lsn : cp.lsn
+          const last = page.records.at(-1)?.key ?? cp.after
+          cp = page.more ? { phase: "keys", after: last, lsn } : { phase: "changes", after: null, lsn: lsn + 1 }
+          saveCheckpoint(taskId, source, cp)
+          continue
+        }
+        const seenBefore = allSeen(version)
+        const page = yield* ask(source, { t: "xfer-changes", partition: run.task.partition, from: cp.lsn, limit: pageSize }).pipe(
+          Effect.catch((e) => (e === "snapshot_required" ? Effect.succeed(undefined) : Effect.fail(e)))
+        )
+        if (page === undefined) {
+          // Compaction removed history the pull had not read: take the snapshot again.
+          cp = { phase: "keys", after: null, lsn: -1 }
+          saveCheckpoint(taskId, source, cp)
+          continue
+        }
+        yield* apply(run, page)
+        cp = { phase: "changes", after: null, lsn: page.lsn }
+        saveCheckpoint(taskId, source, cp)
+        if (page.more) continue
+        // Caught up. Done only if every member had adopted the move before this pass began.
+        if (seenBefore) return
+        yield* Effect.sleep(500)
+      }
+    })
+
+  const runTask = (task: State.TransferTask) =>
+    Effect.gen(function*() {
+      const version = membership.state().ring.version
+      const run = running.get(task.id)!
+      for (const source of task.from) {
+        if (source === membership.self.id) continue
+        if (membership.status(source) === "down") return yield* Effect.fail(new Error(`source ${source} is down`))
+        yield* pullFrom(run, source, version)
+      }
+      if (membership.state().ring.version !== version) return
+      membership.markDone(task.id)
+      clearCheckpoints(task.id)
+      yield* Effect.logInfo(`transfer of partition ${task.partition} to this node done (${run.keysSent} records from ${task.from.join(",")})`)
+    }).pipe(
+      Effect.catch((e: unknown) => Effect.logWarning(`transfer ${task.id} paused: ${(e as Error)?.message ?? String(e)}`)),
+      Effect.ensuring(Effect.sync(() => running.delete(task.id))),
+      // A finished transfer makes room: start the next one now, not at the next tick.
+      Effect.andThen(Effect.suspend(() => startMore))
+    )
+
+  /** Starts this node's pending transfers, up to the concurrency limit. */
+  const startMore: Effect.Effect<void> = Effect.suspend(() => {
+    const s = membership.state()
+    const self = membership.self.id
+    const done = new Set(s.done)
+    const mine = State.transferTasks(s).filter((t) => t.to === self && !done.has(t.id) && !running.has(t.id))
+    return Effect.forEach(mine.slice(0, Math.max(0, config.concurrency - running.size)), (task) => {
+      running.set(task.id, { task, source: task.from[0] ?? "", keysSent: 0, keysTotal: 0, lastProgress: now() })
+      return Effect.forkDetach(runTask(task))
+    }, { discard: true })
+  })
+
+  /** Drops the partitions this node replicates in neither the current nor the next ring. */
+  const dropMoved = Effect.gen(function*() {
+    const s = membership.state()
+    const self = membership.self.id
+    if (!State.settled(s)) return
+    const cur = State.currentRing(s)
+    if (!cur.members.includes(self)) return
+    for (let q = 0; q < s.partitions; q++) {
+      if (preferenceList(cur, q, s.n).includes(self)) continue
+      if ((yield* engine.countPartition(q)) === 0) continue
+      const n = yield* engine.dropPartition(q)
+      yield* Effect.logInfo(`partition ${q} moved away: ${n} keys dropped here`)
+    }
+  }).pipe(Effect.catch((e: unknown) => Effect.logWarning(`dropping moved partitions: ${(e as Error)?.message ?? String(e)}`)))
+
+  const tick = Effect.gen(function*() {
+    yield* startMore
+    for (const r of running.values()) {
+      if (now() - r.lastProgress > stallMs) {
+        yield* Effect.logWarning(`transfer of partition ${r.task.partition} from ${r.source} has made no progress for ${Math.round((now() - r.lastProgress) / 1000)} s`)
+        r.lastProgress = now()
+      }
+    }
+    yield* dropMoved
+  })
+  yield* tick.pipe(
+    Effect.catchCause((cause) => Effect.logError(`transfer loop step failed: ${String(cause)}`)),
+    Effect.repeat(Schedule.spaced(config.intervalMs ?? 500)),
+    Effect.forkScoped
+  )
+
+  const local = (): TransferView[] =>
+    [...running.values()].map((r) => ({
+      partition: r.task.partition,
+      from: r.source,
+      to: r.task.to,
+      state: now() - r.lastProgress > stallMs ? ("stalled" as const) : ("running" as const),
+      keysSent: r.keysSent,
+      keysTotal: Math.max(r.keysTotal, r.keysSent)
+    }))
+
+  const list = Effect.gen(function*() {
+    const s = membership.state()
+    const done = new Set(s.done)
+    const tasks = State.transferTasks(s).filter((t) => !done.has(t.id))
+    const receivers = [...new Set(tasks.map((t) => t.to))]
+    const reports = new Map<string, ReadonlyArray<TransferView>>()
+    yield* Effect.forEach(receivers, (id) => {
+      if (id === membership.self.id) return Effect.sync(() => reports.set(id, local()))
+      const peer = membership.peer(id)
+      if (peer === undefined) return Effect.void
+      return transport.request(peer, { t: "xfer-status" }, 2000).pipe(
+        Effect.map((r) => {
+          const t = (r as { transfers?: unknown })?.transfers
+          if (Array.isArray(t)) reports.set(id, t as TransferView[])
+        }),
+        Effect.ignore
+      )
+    }, { concurrency: "unbounded", discard: true })
+    const pendingView = (t: State.TransferTask): TransferView => {
+      const r = reports.get(t.to)?.find((x) => x.partition === t.partition && x.to === t.to)
+      return r ?? { partition: t.partition, from: t.from.join(","), to: t.to, state: "pending", keysSent: 0, keysTotal: 0 }
+    }
+    const views = tasks.map(pendingView)
+    // A move with every transfer done but the switch not yet made still shows as one entry.
+    if (views.length === 0 && !State.settled(s)) {
+      const r = s.ring
+      const p = r.owners.findIndex((o, i) => o !== r.next[i])
+      if (p >= 0) views.push({ partition: p, from: r.owners[p]!, to: r.next[p]!, state: "pending", keysSent: 0, keysTotal: 0 })
+    }
+    return views
+  })
+
+  return Transfer.of({
+    handle,
+    list,
+    local,
+    reconfigure: (patch) => {
+      if (patch.concurrency !== undefined) config.concurrency = patch.concurrency
+      if (patch.bytesPerSecond !== undefined) config.bytesPerSecond = patch.bytesPerSecond
+    }
+  })
+})
