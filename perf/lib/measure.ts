@@ -1,8 +1,9 @@
 /**
  * Timing and memory helpers for the perf scripts: fixed-time loops (synchronous, sequential
- * async, and a pool of c concurrent async loops), garbage collection, temp directories, and
- * a plain-text table.
+ * async, a pool of c concurrent async loops, and a paced load with latency percentiles),
+ * garbage collection, temp directories, and a plain-text table.
  */
+import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -27,6 +28,22 @@ export const settle = async (): Promise<void> => {
   gc()
   await tick()
   gc()
+}
+
+/**
+ * Lets the disk and the heap go quiet before the next measurement: sync(1) writes back every
+ * dirty page and commits the file system's journal (on a file system mounted with
+ * `discard`, that includes discarding the blocks of the directories just removed, which
+ * would otherwise slow the next measurement's fdatasyncs), then a full GC. Failing to
+ * run sync(1) is not an error: the GC still runs.
+ */
+export const quiesce = async (): Promise<void> => {
+  try {
+    execFileSync("sync", { stdio: "ignore" })
+  } catch {
+    // no sync(1) on this machine
+  }
+  await settle()
 }
 
 /** A fresh directory under os.tmpdir(); `remove` deletes it and everything in it. */
@@ -109,6 +126,64 @@ export const poolRate = async (c: number, ms: number, op: () => PromiseLike<unkn
   }
   await Promise.all(Array.from({ length: c }, loop))
   return meter.result()
+}
+
+/** Latency percentiles of a paced run, ms, measured from each operation's scheduled start. */
+export interface Latency {
+  /** Operations per second offered (the schedule) and completed. */
+  readonly offered: number
+  readonly achieved: number
+  readonly count: number
+  readonly seconds: number
+  readonly p50: number
+  readonly p90: number
+  readonly p99: number
+  readonly p999: number
+  readonly max: number
+}
+
+/** The `p` quantile (0..1) of ascending `sorted`: the smallest value with at least p of them at or below it. */
+export const quantile = (sorted: Float64Array, p: number): number =>
+  sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))]!
+
+/**
+ * A fixed offered load: `clients` loops, together starting `rate` operations per second on a
+ * fixed schedule (client i's k-th at t0 + (i + k * clients) / rate), each awaiting its own
+ * operation before the next. Latency is measured from the scheduled start, not from the
+ * moment the operation was issued, so a client held up by a slow operation or a blocked event
+ * loop counts the wait of every operation it starts late (no coordinated omission). The wait
+ * for a start time spins on setImmediate instead of a timer, whose 1 ms granularity would
+ * add up to 1 ms to every latency. The schedule runs for `ms`, and on while `more()` holds.
+ */
+export const pacedLatency = async (clients: number, rate: number, ms: number, op: () => PromiseLike<unknown>, more: () => boolean = () => false): Promise<Latency> => {
+  const interval = (1000 * clients) / rate
+  const samples: number[] = []
+  const t0 = performance.now() + 1
+  const end = t0 + ms
+  let last = t0
+  const loop = async (i: number) => {
+    for (let slot = t0 + (i * interval) / clients; slot < end || more(); slot += interval) {
+      while (performance.now() < slot) await tick()
+      await op()
+      const now = performance.now()
+      samples.push(now - slot)
+      if (now > last) last = now
+    }
+  }
+  await Promise.all(Array.from({ length: clients }, (_, i) => loop(i)))
+  const sorted = Float64Array.from(samples).sort()
+  const n = sorted.length
+  return {
+    offered: rate,
+    achieved: n / ((last - t0) / 1000),
+    count: n,
+    seconds: (last - t0) / 1000,
+    p50: quantile(sorted, 0.5),
+    p90: quantile(sorted, 0.9),
+    p99: quantile(sorted, 0.99),
+    p999: quantile(sorted, 0.999),
+    max: sorted[n - 1] ?? Number.NaN
+  }
 }
 
 /** Middle value. */

@@ -46,7 +46,7 @@ export interface TallyResult {
 const config = (dir: string) => ({ dir, fsync: "batch" as const, compactionIntervalMs: 0 })
 
 /** Appends keys [from, to) through the plain log with `window` appends outstanding. */
-const appendRange = (log: Log, from: number, to: number, window: number) =>
+export const appendRange = (log: Log, from: number, to: number, window: number) =>
   new Promise<void>((resolve, reject) => {
     let next = from
     let inflight = 0
@@ -132,6 +132,9 @@ export const runTally = async (o: RunOptions): Promise<TallyResult> => {
       Effect.gen(function*() {
         const e = yield* Engine
         const log = e.log
+        // The open starts making a preallocated spare segment (64 MiB of zeros, then
+        // fdatasync) in the background; let it finish so it does not share the reads' time.
+        yield* Effect.promise(() => log.settle())
         const keys = o.readKeys
         const mask = keys.length - 1
         let misses = 0
