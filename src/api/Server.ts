@@ -32,6 +32,8 @@ export interface ApiDeps {
     readonly leave: () => Promise<ApiError | undefined>
     readonly remove: (node: string) => Promise<ApiError | undefined>
     readonly transfers: () => Promise<ReadonlyArray<unknown>>
+    /** What this node itself stores for a key (GET /admin/local/:key), for operators and tests. */
+    readonly local: (key: string) => Promise<Record<string, unknown>>
   }
   /** Fault injection, when the node was started with --enable-fault-injection. */
   readonly faults?: { readonly set: (drop: ReadonlyArray<string>) => void; readonly get: () => ReadonlyArray<string> }
@@ -217,6 +219,11 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
   })
 
   app.get("/admin/transfers", { config: { op: "transfers" } }, async () => ({ transfers: await deps.admin.transfers() }))
+  app.get<{ Params: { key: string } }>("/admin/local/:key", { config: { op: "local" } }, async (req, reply) => {
+    const key = parseKey(req.params.key)
+    if (key instanceof ApiError) return sendError(reply, key)
+    return deps.admin.local(key)
+  })
   app.post("/admin/leave", { config: { op: "leave" } }, async (_req, reply) => {
     const err = await deps.admin.leave()
     if (err !== undefined) return sendError(reply, err)

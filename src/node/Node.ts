@@ -21,6 +21,7 @@ import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
 import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
+import * as Dvv from "../versions/Dvv.ts"
 
 /** A started node. */
 export interface RunningNode {
@@ -185,7 +186,19 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
         await runtime.runPromise(membershipService.requestChange("remove", node))
         return undefined
       },
-      transfers: () => runtime.runPromise(transferService.list)
+      transfers: () => runtime.runPromise(transferService.list),
+      local: (key) => runtime.runPromise(Effect.gen(function*() {
+        const replica = yield* Replica
+        const found = yield* replica.readEncoded(key).pipe(Effect.orElseSucceed(() => undefined))
+        const partition = partitionOf(key, settings.partitions)
+        if (found === undefined) return { key, partition, found: false }
+        return {
+          key,
+          partition,
+          found: true,
+          versions: Dvv.siblings(found.object).map((s) => ({ dot: `${s.dot.id}:${s.dot.counter}`, deleted: s.value.deleted, value: Buffer.from(s.value.value).toString("base64") }))
+        }
+      }))
     },
     ...(settings.enableFaultInjection ? { faults: { set: (d: ReadonlyArray<string>) => transportService.setDropped(d), get: () => transportService.getDropped() } } : {})
   })

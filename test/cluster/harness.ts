@@ -23,6 +23,8 @@ export interface Cluster {
   kill(node: ClusterNode, signal?: NodeJS.Signals): Promise<void>
   stopAll(): Promise<void>
   byId(id: string): ClusterNode
+  /** Starts one more node, joining through `seed` (default the first node). */
+  add(seed?: ClusterNode): Promise<ClusterNode>
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -49,6 +51,7 @@ export const startCluster = async (dataRoot: string, k: number, opts: { n?: numb
   const base = opts.basePort ?? 10000 + Math.floor(Math.random() * 1000) * 4
   const n = opts.n ?? 3
   const nodes: ClusterNode[] = Array.from({ length: k }, (_, i) => ({ id: `n${i + 1}`, port: base + i, url: `http://127.0.0.1:${base + i}`, child: undefined, log: "" }))
+  const seedOf = new Map<ClusterNode, ClusterNode>()
   const argsOf = (node: ClusterNode, i: number) => [
     "bin/tally.js", "node",
     "--id", node.id,
@@ -58,7 +61,7 @@ export const startCluster = async (dataRoot: string, k: number, opts: { n?: numb
     "--n", String(n),
     "--enable-fault-injection",
     "--log-level", "warn",
-    ...(i === 0 ? [] : ["--seeds", `127.0.0.1:${base}`]),
+    ...(i === 0 ? [] : ["--seeds", `127.0.0.1:${seedOf.get(node)?.port ?? base}`]),
     ...(opts.extra ?? [])
   ]
   const start = (node: ClusterNode) =>
@@ -98,7 +101,15 @@ export const startCluster = async (dataRoot: string, k: number, opts: { n?: numb
     stopAll: async () => {
       await Promise.all(nodes.map((node) => kill(node, "SIGTERM")))
     },
-    byId: (id) => nodes.find((x) => x.id === id)!
+    byId: (id) => nodes.find((x) => x.id === id)!,
+    add: async (seed) => {
+      const i = nodes.length
+      const node: ClusterNode = { id: `n${i + 1}`, port: base + i, url: `http://127.0.0.1:${base + i}`, child: undefined, log: "" }
+      nodes.push(node)
+      if (seed !== undefined) seedOf.set(node, seed)
+      await start(node)
+      return node
+    }
   }
   await start(nodes[0]!)
   await Promise.all(nodes.slice(1).map(start))
@@ -115,7 +126,18 @@ export interface View {
   readonly n: number
   readonly partitions: number
   readonly owners: string[]
+  readonly settled: boolean
+  readonly ringVersion: number
 }
+
+/** Waits until every listed node reports a settled ring of the same version with `members`. */
+export const settledOn = (nodes: ReadonlyArray<ClusterNode>, members: number, ms = 120_000) =>
+  eventually(`a settled ring of ${members} members`, async () => {
+    const views = await Promise.all(nodes.map((x) => clusterView(x)))
+    const v0 = views[0]!
+    const ok = views.every((v) => v.settled && v.ringVersion === v0.ringVersion && new Set(v.owners).size === members && JSON.stringify(v.owners) === JSON.stringify(v0.owners))
+    return ok ? v0 : undefined
+  }, ms)
 
 export const clusterView = async (node: ClusterNode): Promise<View> => (await fetch(`${node.url}/admin/cluster`)).json() as Promise<View>
 
