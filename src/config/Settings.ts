@@ -56,6 +56,10 @@ export interface NodeSettings {
   readonly logLevel: LogLevel
   readonly enableFaultInjection: boolean
   readonly config: string | undefined
+  /** Partition transfers this node receives at once (live). */
+  readonly transferConcurrency: number
+  /** Most bytes per second this node pulls in transfers, 0 for no limit (live). */
+  readonly transferBytesPerSecond: number
   readonly compaction: CompactionSettings
 }
 
@@ -65,6 +69,8 @@ export const LIVE_SETTINGS = [
   "w",
   "logLevel",
   "maxValueBytes",
+  "transferConcurrency",
+  "transferBytesPerSecond",
   "compaction.deadRatio",
   "compaction.deadBytes",
   "compaction.smallBytes",
@@ -84,6 +90,8 @@ export interface LiveSettingsShape {
   readonly w: number
   readonly logLevel: LogLevel
   readonly maxValueBytes: number
+  readonly transferConcurrency: number
+  readonly transferBytesPerSecond: number
   readonly compaction: Partial<LiveCompactionSettings>
 }
 
@@ -100,6 +108,8 @@ export const DEFAULTS = {
   maxValueBytes: 1024 * 1024,
   logLevel: "info" as LogLevel,
   enableFaultInjection: false,
+  transferConcurrency: 2,
+  transferBytesPerSecond: 0,
   // The engine's own defaults, so the two can never disagree.
   compaction: {
     deadRatio: defaultLogConfig.compactDeadRatio,
@@ -167,6 +177,8 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("fsync", "fsync", "always|batch|never", "when writes are fsynced; batch = group commit", DEFAULTS.fsync),
   flag("maxValueBytes", "max-value-bytes", "BYTES", "largest value accepted (live)", String(DEFAULTS.maxValueBytes)),
   flag("logLevel", "log-level", LOG_LEVELS.join("|"), "log verbosity (live)", DEFAULTS.logLevel),
+  flag("transferConcurrency", "transfer-concurrency", "K", "partition transfers this node receives at once (live)", String(DEFAULTS.transferConcurrency)),
+  flag("transferBytesPerSecond", "transfer-rate", "BYTES", "most bytes per second this node pulls in transfers, 0 for no limit (live)", "0"),
   flag("config", "config", "FILE", "JSON config file with the same settings; watched for live changes", "none"),
   flag("enableFaultInjection", "enable-fault-injection", undefined, "turn on POST /admin/faults (tests only)", "off")
 ]
@@ -202,6 +214,8 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   maxValueBytes: { type: "int", min: 1, max: MAX_VALUE_BYTES },
   logLevel: { type: "literal", values: LOG_LEVELS },
   enableFaultInjection: { type: "boolean" },
+  transferConcurrency: { type: "int", min: 1, max: 64 },
+  transferBytesPerSecond: { type: "int", min: 0, max: MAX_INT },
   config: { type: "text", pattern: /\S/, expected: "a file path" }
 }
 
@@ -454,6 +468,8 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     w: (values.w as number | undefined) ?? Math.min(DEFAULTS.w, nValue),
     partitions: (values.partitions as number | undefined) ?? DEFAULTS.partitions,
     fsync: (values.fsync as FsyncMode | undefined) ?? DEFAULTS.fsync,
+    transferConcurrency: (values.transferConcurrency as number | undefined) ?? DEFAULTS.transferConcurrency,
+    transferBytesPerSecond: (values.transferBytesPerSecond as number | undefined) ?? DEFAULTS.transferBytesPerSecond,
     maxValueBytes: (values.maxValueBytes as number | undefined) ?? DEFAULTS.maxValueBytes,
     logLevel: (values.logLevel as LogLevel | undefined) ?? DEFAULTS.logLevel,
     enableFaultInjection: (values.enableFaultInjection as boolean | undefined) ?? DEFAULTS.enableFaultInjection,
@@ -500,6 +516,8 @@ export const liveSettings = (s: NodeSettings): LiveSettingsShape => ({
   w: s.w,
   logLevel: s.logLevel,
   maxValueBytes: s.maxValueBytes,
+  transferConcurrency: s.transferConcurrency,
+  transferBytesPerSecond: s.transferBytesPerSecond,
   compaction: {
     deadRatio: s.compaction.deadRatio,
     deadBytes: s.compaction.deadBytes,
@@ -525,7 +543,7 @@ export const diffSettings = (old: NodeSettings, next: NodeSettings): SettingsDif
   const restartNeeded: Array<string> = []
   for (const key of Object.keys(TOP_KINDS) as ReadonlyArray<FlagKey>) {
     if (sameValue(old[key], next[key])) continue
-    if (key === "r" || key === "w" || key === "maxValueBytes") live[key] = next[key]
+    if (key === "r" || key === "w" || key === "maxValueBytes" || key === "transferConcurrency" || key === "transferBytesPerSecond") live[key] = next[key]
     else if (key === "logLevel") live.logLevel = next.logLevel
     else restartNeeded.push(key)
   }
@@ -545,6 +563,8 @@ export const applyLivePatch = (settings: NodeSettings, patch: Partial<LiveSettin
   ...(patch.w !== undefined ? { w: patch.w } : {}),
   ...(patch.logLevel !== undefined ? { logLevel: patch.logLevel } : {}),
   ...(patch.maxValueBytes !== undefined ? { maxValueBytes: patch.maxValueBytes } : {}),
+  ...(patch.transferConcurrency !== undefined ? { transferConcurrency: patch.transferConcurrency } : {}),
+  ...(patch.transferBytesPerSecond !== undefined ? { transferBytesPerSecond: patch.transferBytesPerSecond } : {}),
   compaction: { ...settings.compaction, ...patch.compaction }
 })
 

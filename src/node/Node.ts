@@ -101,7 +101,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     files
   })
   const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync, partitions: settings.partitions })
-  const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: 2, bytesPerSecond: 0 })
+  const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: settings.transferConcurrency, bytesPerSecond: settings.transferBytesPerSecond })
   const services = Layer.merge(Coordinator.layer({ n: settings.n }), transfer).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
     Layer.provideMerge(Layer.mergeAll(engine, handoff)),
@@ -218,6 +218,10 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       if (patch.r !== undefined) live.r = patch.r
       if (patch.w !== undefined) live.w = patch.w
       if (patch.maxValueBytes !== undefined) live.maxValueBytes = patch.maxValueBytes
+      transferService.reconfigure({
+        ...(patch.transferConcurrency !== undefined ? { concurrency: patch.transferConcurrency } : {}),
+        ...(patch.transferBytesPerSecond !== undefined ? { bytesPerSecond: patch.transferBytesPerSecond } : {})
+      })
       if (patch.logLevel !== undefined) logger.level = patch.logLevel
       const c = patch.compaction
       if (c !== undefined) {
