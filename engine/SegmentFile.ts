@@ -63,6 +63,16 @@ const describe = (m: MakeSegment, fd: number, file: string, salt: number, alloca
   live: 0, minLsn: Infinity, maxLsn: -1, sealed: m.kind === "compacted", removed: false, damaged: 0
 })
 
+/** Undoes a segment whose making failed: nothing refers to it yet. */
+const abandon = (m: MakeSegment, fd: number, file: string): void => {
+  m.files.close(fd)
+  try {
+    m.files.unlink(file)
+  } catch {
+    // never created
+  }
+}
+
 /**
  * Makes a segment synchronously: header written, preallocated, fdatasynced, and its
  * directory entry synced, so that after return a crash cannot lose the file or its salt.
@@ -79,12 +89,7 @@ export const makeSegment = (m: MakeSegment): Segment => {
     m.files.syncDir(m.dir)
     return describe(m, fd, file, salt, Math.max(header.length, m.preallocate))
   } catch (e) {
-    m.files.close(fd)
-    try {
-      m.files.unlink(file)
-    } catch {
-      // never created
-    }
+    abandon(m, fd, file)
     throw e
   }
 }
@@ -106,12 +111,7 @@ export const makeSegmentAsync = async (m: MakeSegment): Promise<Segment> => {
     await m.files.syncDirAsync(m.dir)
     return describe(m, fd, file, salt, Math.max(header.length, m.preallocate))
   } catch (e) {
-    m.files.close(fd)
-    try {
-      m.files.unlink(file)
-    } catch {
-      // never created
-    }
+    abandon(m, fd, file)
     throw e
   }
 }

@@ -52,6 +52,15 @@ const reqContext = (req: FastifyRequest) => req.headers["x-context"]
 
 type RequestWithType = FastifyRequest & { clientContentType: string | undefined }
 
+/** A request's body parsed as JSON, or undefined when it is not JSON. */
+const jsonBody = (req: FastifyRequest): unknown => {
+  try {
+    return JSON.parse((req.body as Buffer | undefined)?.toString("utf8") ?? "") as unknown
+  } catch {
+    return undefined
+  }
+}
+
 const sendError = (reply: FastifyReply, e: ApiError) => reply.code(e.status).type("application/json").send(e.toBody())
 
 /** Builds the Fastify app (not listening). */
@@ -230,12 +239,8 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     return reply.code(202).send({ node: deps.nodeId, status: "leaving", message: "this node hands its partitions to their new owners, then leaves the ring and exits" })
   })
   app.post("/admin/remove", { config: { op: "remove" } }, async (req, reply) => {
-    let body: unknown
-    try {
-      body = JSON.parse((req.body as Buffer | undefined)?.toString("utf8") ?? "")
-    } catch {
-      return sendError(reply, apiError("bad_request", 'send JSON {"node": "<id>"}'))
-    }
+    const body = jsonBody(req)
+    if (body === undefined) return sendError(reply, apiError("bad_request", 'send JSON {"node": "<id>"}'))
     const node = (body as { node?: unknown } | null)?.node
     if (typeof node !== "string" || !Dvv.NODE_ID.test(node)) return sendError(reply, apiError("bad_request", 'send JSON {"node": "<id>"} with a valid node id'))
     const err = await deps.admin.remove(node)
@@ -247,12 +252,8 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
   if (faults !== undefined) {
     app.get("/admin/faults", { config: { op: "faults" } }, async () => ({ drop: faults.get() }))
     app.post("/admin/faults", { config: { op: "faults" } }, async (req, reply) => {
-      let body: unknown
-      try {
-        body = JSON.parse((req.body as Buffer | undefined)?.toString("utf8") ?? "")
-      } catch {
-        return sendError(reply, apiError("bad_request", 'send JSON {"drop": ["<node id>", ...]}'))
-      }
+      const body = jsonBody(req)
+      if (body === undefined) return sendError(reply, apiError("bad_request", 'send JSON {"drop": ["<node id>", ...]}'))
       const drop = (body as { drop?: unknown } | null)?.drop
       if (!Array.isArray(drop) || !drop.every((d) => typeof d === "string" && Dvv.NODE_ID.test(d))) {
         return sendError(reply, apiError("bad_request", 'send JSON {"drop": ["<node id>", ...]} with valid node ids'))

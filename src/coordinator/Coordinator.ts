@@ -60,11 +60,31 @@ export interface ClusterView {
   readonly ringVersion: number
 }
 
+/** What the coordinator counts (plain numbers: read at scrape time). */
+export interface CoordinatorStats {
+  /** Replica copies that went to a fallback (sloppy quorum) or were parked here. */
+  fallbackWrites: number
+  /** Replicas a read repaired. */
+  readRepairs: number
+  /** Client writes this node forwarded to a primary. */
+  forwardedWrites: number
+  /** Requests that missed their quorum (503 or 504), by operation. */
+  quorumFailures: { get: number; put: number }
+}
+
 /** Coordinates client requests and serves other coordinators' replica operations. */
 export class Coordinator extends Context.Service<Coordinator, {
   readonly get: (key: string, q: Quorum) => Effect.Effect<ReadResult, ApiError>
   readonly put: (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum) => Effect.Effect<Coordinated, ApiError>
   readonly cluster: Effect.Effect<ClusterView>
+  /** Counters since start, for /metrics. */
+  readonly stats: () => CoordinatorStats
+  /**
+   * Delivers parked writes meant for `owner`: to it while it still replicates the key, else
+   * (it left, was removed, or the partition moved) to the key's current replicas.
+   * Succeeds only once every record is where it belongs.
+   */
+  readonly deliver: (owner: string, records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>) => Effect.Effect<void, unknown>
   /** Answers a data message from another node. */
   readonly handle: (from: string, msg: DataMessage) => Effect.Effect<DataReply>
 }>()("tally/coordinator/Coordinator") {
@@ -120,6 +140,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
   const transport = yield* Transport
   const handoff = yield* Handoff
   const self = membership.self.id
+  const stats: CoordinatorStats = { fallbackWrites: 0, readRepairs: 0, forwardedWrites: 0, quorumFailures: { get: 0, put: 0 } }
 
   /**
    * Where a key lives: the current preference list (reads and acknowledgements) and, while
@@ -156,7 +177,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     if (id === self) {
       return hint === undefined
         ? replica.readEncoded(key)
-        : handoff.read(hint, key).pipe(Effect.map((object) => (object === undefined ? undefined : { object, bytes: encodeObject(object) })))
+        : (hint === "*" ? handoff.readAll(key) : handoff.read(hint, key)).pipe(Effect.map((object) => (object === undefined ? undefined : { object, bytes: encodeObject(object) })))
     }
     return call(id, { t: "get", key, ...(hint === undefined ? {} : { hint }) }, timeoutMs).pipe(
       Effect.flatMap((r) => {
@@ -191,10 +212,12 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       // N nodes or fewer), or in strict mode, this node parks it and it does not count: one
       // node holding two copies is one replica.
       const parkHere = (owner: string) =>
-        handoff.park(owner, key, res.object).pipe(Effect.ignore, Effect.andThen(Effect.fail(new Error(`${owner} unreachable; parked here`))))
+        Effect.sync(() => stats.fallbackWrites++).pipe(Effect.andThen(handoff.park(owner, key, res.object))).pipe(Effect.ignore, Effect.andThen(Effect.fail(new Error(`${owner} unreachable; parked here`))))
       const hinted = (owner: string): Effect.Effect<void, unknown> => {
         const f = q.sloppy ? takeFallback() : undefined
-        return f === undefined ? parkHere(owner) : putTo(f, key, res.object, bytes, q.timeoutMs, owner).pipe(Effect.catch(() => parkHere(owner)))
+        if (f === undefined) return parkHere(owner)
+        stats.fallbackWrites++
+        return putTo(f, key, res.object, bytes, q.timeoutMs, owner).pipe(Effect.catch(() => parkHere(owner)))
       }
       const tasks: Array<Effect.Effect<void, unknown>> = []
       let local = 1
@@ -209,7 +232,10 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
         tasks.push(direct.pipe(Effect.catch(() => hinted(p))))
       }
       const r = yield* awaitQuorum(tasks, Math.max(0, needed - local), q.timeoutMs)
-      if (!r.ok) return yield* notMet(needed, local + r.results.length, r.timedOut, q.timeoutMs)
+      if (!r.ok) {
+        stats.quorumFailures.put++
+        return yield* notMet(needed, local + r.results.length, r.timedOut, q.timeoutMs)
+      }
       return res
     })
 
@@ -226,6 +252,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       for (const p of prefs.filter(usable)) {
         const left = deadline - Date.now()
         if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
+        stats.forwardedWrites++
         const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: left }
         const reply = yield* call(p, msg, left).pipe(Effect.exit)
         if (Exit.isSuccess(reply)) {
@@ -254,13 +281,18 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       const tasks = prefs.map((p): Effect.Effect<Reply, unknown> => {
         const direct = usable(p) ? getFrom(p, key, q.timeoutMs).pipe(Effect.map((found) => ({ from: p, primary: true, found }))) : Effect.fail(new Error(`${p} is down`))
         if (!q.sloppy) return direct
+        // A fallback answers with everything it holds parked under the key, for any owner:
+        // the write it is asked to stand in for may have been parked for another primary.
         return direct.pipe(Effect.catch(() => {
           const f = fallbacks.shift()
-          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, p).pipe(Effect.map((found) => ({ from: f, primary: false, found })))
+          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, "*").pipe(Effect.map((found) => ({ from: f, primary: false, found })))
         }))
       })
       const r = yield* awaitQuorum(tasks, needed, q.timeoutMs)
-      if (!r.ok) return yield* notMet(needed, r.results.length, r.timedOut, q.timeoutMs)
+      if (!r.ok) {
+        stats.quorumFailures.get++
+        return yield* notMet(needed, r.results.length, r.timedOut, q.timeoutMs)
+      }
       // Read repair, once every replica has answered: primaries holding less get the merge.
       yield* r.all.pipe(Effect.flatMap((all) => repair(key, prefs, all, q.timeoutMs)), Effect.forkDetach)
       return { object: mergeAll(r.results.map((x) => x.found)), replies: r.results.length }
@@ -279,6 +311,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       const reply = primaries.find((x) => x.from === p)
       return reply === undefined || reply.found === undefined || Buffer.compare(reply.found.bytes, bytes) !== 0
     })
+    stats.readRepairs += stale.filter(usable).length
     return Effect.forEach(stale, (p) => (usable(p) ? putTo(p, key, full, bytes, timeoutMs).pipe(Effect.ignore) : Effect.void), { concurrency: "unbounded", discard: true })
   }
 
@@ -293,7 +326,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
           return { t: "ok" } as const
         }
         case "get": {
-          const o = msg.hint ? yield* handoff.read(msg.hint, msg.key) : Option.getOrUndefined(yield* replica.read(msg.key))
+          const o = msg.hint === "*" ? yield* handoff.readAll(msg.key) : msg.hint ? yield* handoff.read(msg.hint, msg.key) : Option.getOrUndefined(yield* replica.read(msg.key))
           return { t: "obj", object: o === undefined ? null : encodeObject(o) } as const
         }
         case "coord": {
@@ -321,10 +354,31 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     return reply.pipe(Effect.catch((e) => Effect.succeed({ t: "apierr", code: e.code, message: e.message, ...(e.needed === undefined ? {} : { needed: e.needed, got: e.got }) } as DataReply)))
   }
 
+  const deliver = (owner: string, records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>) =>
+    Effect.gen(function*() {
+      const direct: Array<{ key: string; object: Uint8Array }> = []
+      for (const r of records) {
+        const { prefs } = placement(r.key)
+        if (prefs.includes(owner)) {
+          direct.push(r)
+          continue
+        }
+        const o = decodeObject(r.object)
+        if (o === undefined) continue
+        // The owner no longer replicates this key: its current replicas get it instead.
+        yield* Effect.forEach(prefs, (p) => putTo(p, r.key, o, r.object, 10_000), { concurrency: "unbounded", discard: true })
+      }
+      if (direct.length === 0) return
+      const reply = yield* call(owner, { t: "handoff", records: direct }, 30_000)
+      if (reply.t !== "ok") return yield* Effect.fail(new Error(`${owner} refused handoff: ${reply.t}`))
+    })
+
   return Coordinator.of({
     get,
     put,
     handle,
+    deliver,
+    stats: () => stats,
     cluster: Effect.sync(() => {
       const view = membership.view()
       const parked = handoff.pending()

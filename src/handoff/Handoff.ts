@@ -57,6 +57,8 @@ export class Handoff extends Context.Service<Handoff, {
   readonly park: (owner: string, key: string, object: StoredObject) => Effect.Effect<void, ApiError>
   /** What is parked for `owner` under `key`. */
   readonly read: (owner: string, key: string) => Effect.Effect<StoredObject | undefined, ApiError>
+  /** Everything parked here under `key`, for any owner, merged (a sloppy read's fallback). */
+  readonly readAll: (key: string) => Effect.Effect<StoredObject | undefined, ApiError>
   /** Parked entries not yet acknowledged, per owner. */
   readonly pending: () => ReadonlyMap<string, number>
   /** Ships everything parked for `owner` now (the shipping loop also does, when it is up). */
@@ -171,6 +173,14 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
     read: (owner, key) => Effect.sync(() => {
       const p = parked.get(owner)
       return p === undefined ? undefined : readIn(p, key)
+    }),
+    readAll: (key) => Effect.sync(() => {
+      let merged: StoredObject | undefined
+      for (const p of parked.values()) {
+        const o = readIn(p, key)
+        if (o !== undefined) merged = merged === undefined ? o : Dvv.sync(merged, o)
+      }
+      return merged
     }),
     pending: () => new Map([...parked.values()].map((p) => [p.owner, Math.max(0, p.log.lastLsn - p.shipped)])),
     drain

@@ -55,6 +55,8 @@ export class Membership extends Context.Service<Membership, {
   readonly nextRing: () => Ring
   /** Whether the ring is moving (next owners differ from the current ones). */
   readonly moving: () => boolean
+  /** Per other member, the failure detector's phi now (for /metrics). */
+  readonly phis: () => ReadonlyMap<string, number>
   /** Asks for a membership change (gossiped; the claimant carries it out). */
   readonly requestChange: (kind: "leave" | "remove", node: string) => Effect.Effect<void>
   /** Records a transfer of the current move as done. */
@@ -308,6 +310,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
     state: () => state,
     ring: () => currentRing(),
     nextRing: () => nextRing(),
+    phis: () => new Map(others().map((m) => [m.id, detector.phi(m.id, nowMs())])),
     moving: () => {
       if (movingOf.state !== state) movingOf = { state, moving: !State.sameRing(state.ring) }
       return movingOf.moving

@@ -19,6 +19,14 @@ export interface Metrics {
 
 /** What the cluster looks like from here, read at each scrape. */
 export interface ClusterFigures {
+  /** The ring version this node has adopted, a hash of its owners (do nodes agree?), and whether it is settled. */
+  readonly ring?: { readonly version: number; readonly hash: number; readonly settled: boolean }
+  /** Failure detector phi per peer. */
+  readonly phi?: ReadonlyMap<string, number>
+  /** Transfers this node receives now, by state, and the records they brought so far. */
+  readonly transfers?: { readonly running: number; readonly stalled: number; readonly keys: number }
+  /** The coordinator's counters. */
+  readonly coordinator?: { readonly fallbackWrites: number; readonly readRepairs: number; readonly forwardedWrites: number; readonly quorumFailures: { readonly get: number; readonly put: number } }
   readonly parked: ReadonlyMap<string, number>
   readonly members: ReadonlyArray<string>
 }
@@ -77,7 +85,45 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
         this.reset()
         const counts = new Map<string, number>()
         for (const s of cluster().members) counts.set(s, (counts.get(s) ?? 0) + 1)
-        for (const status of ["up", "suspect", "down", "leaving"]) this.set({ status }, counts.get(status) ?? 0)
+        for (const status of ["up", "suspect", "down", "joining", "leaving"]) this.set({ status }, counts.get(status) ?? 0)
+      }
+    })
+  }
+  if (cluster !== undefined) {
+    const g = (name: string, help: string, read: (c: ClusterFigures) => number | undefined) =>
+      new client.Gauge({ name, help, registers: [registry], collect() { const v = read(cluster()); if (v !== undefined) this.set(v) } })
+    g("tally_ring_version", "Ring version this node has adopted", (c) => c.ring?.version)
+    g("tally_ring_hash", "Hash of the ring's current and next owners: equal on every node once gossip has converged", (c) => c.ring?.hash)
+    g("tally_ring_settled", "1 when nothing is moving and no membership request is pending", (c) => (c.ring === undefined ? undefined : c.ring.settled ? 1 : 0))
+    g("tally_transfers_running", "Partition transfers this node is receiving", (c) => c.transfers?.running)
+    g("tally_transfers_stalled", "Transfers to this node with no progress for 60 s", (c) => c.transfers?.stalled)
+    g("tally_transfer_keys_received", "Records the running transfers to this node have brought", (c) => c.transfers?.keys)
+    const cc = (name: string, help: string, read: (c: NonNullable<ClusterFigures["coordinator"]>) => number) =>
+      new client.Counter({ name, help, registers: [registry], collect() { const v = cluster().coordinator; if (v !== undefined) { this.reset(); this.inc(read(v)) } } })
+    cc("tally_fallback_writes_total", "Replica copies sent to a fallback or parked here (sloppy quorum)", (c) => c.fallbackWrites)
+    cc("tally_read_repairs_total", "Replicas repaired by reads", (c) => c.readRepairs)
+    cc("tally_forwarded_writes_total", "Client writes forwarded to a primary", (c) => c.forwardedWrites)
+    new client.Counter({
+      name: "tally_quorum_failures_total",
+      help: "Requests that missed their quorum (503 quorum_not_met or 504 timeout), by operation",
+      labelNames: ["op"],
+      registers: [registry],
+      collect() {
+        const v = cluster().coordinator
+        if (v === undefined) return
+        this.reset()
+        this.inc({ op: "get" }, v.quorumFailures.get)
+        this.inc({ op: "put" }, v.quorumFailures.put)
+      }
+    })
+    new client.Gauge({
+      name: "tally_peer_phi",
+      help: "Failure detector phi per peer (above 8: suspect, above 12: down)",
+      labelNames: ["peer"],
+      registers: [registry],
+      collect() {
+        this.reset()
+        for (const [peer, phi] of cluster().phi ?? []) this.set({ peer }, Number.isFinite(phi) ? phi : 1e6)
       }
     })
   }

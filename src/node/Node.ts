@@ -22,6 +22,8 @@ import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
 import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
 import * as Dvv from "../versions/Dvv.ts"
+import * as State from "../membership/ClusterState.ts"
+import { crc32 } from "node:zlib"
 
 /** A started node. */
 export interface RunningNode {
@@ -120,15 +122,16 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       if (isTransferMessage(payload)) return x.handle(from, payload)
       return Effect.fail(new Error("unknown message"))
     })
+    // Parked writes go to their owner when it is up, or, for an owner gone for good (left or
+    // removed), to the keys' current replicas; Coordinator.deliver also redirects the keys an
+    // owner no longer replicates.
+    const gone = (owner: string) => {
+      const r = m.state().ring
+      return r.gone.includes(owner) && !r.members.includes(owner) && !r.nextMembers.includes(owner)
+    }
     yield* shipLoop(
-      (owner) => m.status(owner) === "up",
-      (owner, batch) => {
-        const peer = m.peer(owner)
-        if (peer === undefined) return Effect.fail(new Error(`unknown node ${owner}`))
-        return t.request(peer, batch, 30_000).pipe(
-          Effect.flatMap((r) => ((r as { t?: string } | null)?.t === "ok" ? Effect.void : Effect.fail(new Error(`${owner} refused handoff: ${JSON.stringify(r)}`))))
-        )
-      }
+      (owner) => m.status(owner) === "up" || gone(owner),
+      (owner, batch) => c.deliver(owner, batch.records)
     )
   }))
   const layer = internode.pipe(Layer.provideMerge(services), Layer.provide(Logger.layer([toPino])))
@@ -145,10 +148,21 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       return yield* f(yield* Coordinator)
     })) as Promise<Exit.Exit<A, ApiError>>
   const started = Date.now()
-  const metrics = makeMetrics(() => Effect.runSync(engineService.stats), () => ({
-    parked: handoffService.pending(),
-    members: membershipService.view().nodes.map((n) => n.status)
+  const coordinatorService = await runtime.runPromise(Effect.gen(function*() {
+    return yield* Coordinator
   }))
+  const metrics = makeMetrics(() => Effect.runSync(engineService.stats), () => {
+    const s = membershipService.state()
+    const local = transferService.local()
+    return {
+      parked: handoffService.pending(),
+      members: membershipService.view().nodes.map((n) => n.status),
+      ring: { version: s.ring.version, hash: ringHash(s), settled: State.settled(s) },
+      phi: membershipService.phis(),
+      transfers: { running: local.length, stalled: local.filter((x) => x.state === "stalled").length, keys: local.reduce((n, x) => n + x.keysSent, 0) },
+      coordinator: coordinatorService.stats()
+    }
+  })
   const app = buildServer({
     nodeId: settings.id,
     logger,
@@ -251,6 +265,10 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     }
   }
 }
+
+/** A 32-bit hash of a state's ring (current and next owners), equal on nodes that agree. */
+const ringHash = (s: State.ClusterState): number =>
+  crc32(JSON.stringify([s.ring.version, s.ring.owners, s.ring.next]))
 
 /** Starts a node and resolves once it serves requests. */
 export const startNode = async (settings: NodeSettings, options: StartOptions = {}): Promise<RunningNode> => {

@@ -174,8 +174,12 @@ t.test("ping, health, metrics, admin/cluster, faults off by default", async (t) 
     t.match(m.body, name, name)
   }
   t.match(m.body, /tally_http_requests_total\{op="put",status="204"\} 1/)
+  for (const name of ["tally_ring_version 1", "tally_ring_settled 1", "tally_quorum_failures_total{op=\"put\"} 0", "tally_fallback_writes_total 0", "tally_read_repairs_total 0", "tally_forwarded_writes_total 0", "tally_transfers_running 0"]) {
+    t.ok(m.body.includes(name), `/metrics has ${name}`)
+  }
+  t.match(m.body, /^tally_ring_hash \d+$/m)
   const c = await node.app.inject({ method: "GET", url: "/admin/cluster" })
-  t.same(c.json(), { nodes: [{ id: "test-node", address: "127.0.0.1:0", status: "up", partitions: 64, parked: 0 }], n: 3, partitions: 64, owners: Array(64).fill("test-node") })
+  t.same(c.json(), { nodes: [{ id: "test-node", address: "127.0.0.1:0", status: "up", partitions: 64, parked: 0 }], n: 3, partitions: 64, owners: Array(64).fill("test-node"), settled: true, ringVersion: 1 })
   const f = await node.app.inject({ method: "POST", url: "/admin/faults", payload: { drop: [] } })
   t.equal(f.statusCode, 404)
   t.equal(f.json().error, "not_found")
