@@ -69,3 +69,52 @@ t.test("a forwarded write gives up within the request's timeout, however many pr
   t.equal(res.json().error, "timeout")
   t.ok(took < 800, `answered after ${took} ms, not 3 x 300 ms`)
 })
+
+t.test("writes parked for a node that is then removed reach the keys' new replicas", async (t) => {
+  const network = new MemoryNetwork()
+  const nodes: AssembledNode[] = []
+  t.teardown(() => Promise.all(nodes.map((n) => n.close())))
+  const ids = ["r1", "r2", "r3", "r4"]
+  for (const id of ids) {
+    nodes.push(await assembleNode(testSettings({ id, data: `/data/${id}`, logLevel: "silent" }), { memory: true, network, logStream: quiet(), ...(id === "r1" ? {} : { seedIds: ["r1"] }) }))
+  }
+  type View = { nodes: Array<{ id: string; status: string; parked: number }>; owners: string[]; settled: boolean; ringVersion: number }
+  const view = async (n: AssembledNode) => (await n.app.inject({ method: "GET", url: "/admin/cluster" })).json() as View
+  const settled = (members: number, on: AssembledNode[]) => eventually(`a settled ring of ${members}`, async () => {
+    const vs = await Promise.all(on.map(view))
+    return vs.every((v) => v.settled && new Set(v.owners).size === members && v.owners.join() === vs[0]!.owners.join()) ? vs[0] : undefined
+  }, 60_000)
+  const v0 = await settled(4, nodes)
+  const { partitionOf, preferenceList } = await import("../../src/ring/Ring.ts")
+  const ring = (v: View) => ({ partitions: v.owners.length, owners: v.owners, version: 0, members: [...new Set(v.owners)].sort() })
+  // Keys r4 replicates, written while r4 is cut off: a fallback parks each for it.
+  const keys: string[] = []
+  for (let i = 0; keys.length < 10; i++) if (preferenceList(ring(v0), partitionOf(`h${i}`, v0.owners.length), 3).includes("r4")) keys.push(`h${i}`)
+  network.partition("r4", ["r1", "r2", "r3"])
+  const [a] = nodes as [AssembledNode]
+  await eventually("r4 to be seen down", async () => ((await view(a)).nodes.find((m) => m.id === "r4")?.status === "down" ? true : undefined))
+  for (const k of keys) {
+    const res = await a.app.inject({ method: "PUT", url: `/kv/${k}?w=2`, payload: `v-${k}` })
+    t.equal(res.statusCode, 204, `${k} acknowledged (${res.body})`)
+  }
+  const survivors = nodes.slice(0, 3)
+  // Every write's copy for r4 is parked somewhere (w=2 answers before the third copy lands).
+  const parked = await eventually("the copies for r4 parked", async () => {
+    const n = (await Promise.all(survivors.map(view))).reduce((n, v) => n + (v.nodes.find((m) => m.id === "r4")?.parked ?? 0), 0)
+    return n >= keys.length ? n : undefined
+  })
+  t.ok(parked >= keys.length, `${parked} writes parked for r4`)
+  t.equal((await a.app.inject({ method: "POST", url: "/admin/remove", payload: JSON.stringify({ node: "r4" }) })).statusCode, 202)
+  const v1 = await settled(3, survivors)
+  await eventually("nothing left parked for r4", async () => {
+    const vs = await Promise.all(survivors.map(view))
+    return vs.every((v) => (v.nodes.find((m) => m.id === "r4")?.parked ?? 0) === 0) ? true : undefined
+  }, 30_000)
+  for (const k of keys) {
+    for (const id of preferenceList(ring(v1), partitionOf(k, v1.owners.length), 3)) {
+      const node = nodes[ids.indexOf(id)]!
+      const local = (await node.app.inject({ method: "GET", url: `/admin/local/${k}` })).json() as { found: boolean; versions?: Array<{ value: string }> }
+      t.ok(local.found && local.versions!.some((x) => Buffer.from(x.value, "base64").toString() === `v-${k}`), `${k} on its new replica ${id}`)
+    }
+  }
+})
