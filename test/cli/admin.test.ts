@@ -11,18 +11,36 @@ import t, { type Test } from "tap"
 import { clusterView, transferSteps } from "./fixtures/stub-node.ts"
 import { freePort, noStack, run, start, stub } from "./fixtures/tally.ts"
 
-/** A stub node on a free port, stopped when `t` ends. */
+/**
+ * A stub node, stopped when `t` ends. Its port is drawn from 26000-31999, which no other
+ * suite uses and the kernel does not hand out for outgoing connections; a port found taken
+ * is drawn again.
+ */
 const stubNode = async (t: Test, id: string, env: Record<string, string> = {}) => {
-  const port = await freePort()
-  const node = start(["node", "--id", id, "--port", String(port)], { TALLY_TEST_NODE_MODULE: stub, ...env }, undefined, 120_000)
-  await node.waitFor("ready line", () => node.stdout().includes("ready"))
-  t.teardown(() => {
-    if (node.child.exitCode === null && node.child.signalCode === null) node.child.kill("SIGKILL")
-  })
-  const url = `http://127.0.0.1:${port}`
-  const posts = async () => ((await (await fetch(`${url}/stub`)).json()) as { posts: Array<{ path: string; body: string; authorization: string | null }> }).posts
-  const reset = async () => void (await fetch(`${url}/stub/reset`, { method: "POST" }))
-  return { port, url, node, posts, reset }
+  for (let attempt = 1; ; attempt++) {
+    const port = 26000 + Math.floor(Math.random() * 6000)
+    const node = start(["node", "--id", id, "--port", String(port)], { TALLY_TEST_NODE_MODULE: stub, ...env }, undefined, 120_000)
+    try {
+      await node.waitFor("ready line", () => node.stdout().includes("ready"))
+    } catch (e) {
+      await node.exited
+      await new Promise((r) => setTimeout(r, 200)) // the last of stderr
+      if (attempt < 5 && node.stderr().includes("EADDRINUSE")) continue
+      throw e
+    }
+    let stopping = false
+    void node.exited.then((exit) => {
+      if (!stopping) t.comment(`stub node ${id} on ${port} exited by itself: ${JSON.stringify(exit)}; stderr: ${node.stderr()}`)
+    })
+    t.teardown(() => {
+      stopping = true
+      if (node.child.exitCode === null && node.child.signalCode === null) node.child.kill("SIGKILL")
+    })
+    const url = `http://127.0.0.1:${port}`
+    const posts = async () => ((await (await fetch(`${url}/stub`)).json()) as { posts: Array<{ path: string; body: string; authorization: string | null }> }).posts
+    const reset = async () => void (await fetch(`${url}/stub/reset`, { method: "POST" }))
+    return { port, url, node, posts, reset }
+  }
 }
 
 const admin = (args: ReadonlyArray<string>) => run(["admin", ...args])
