@@ -130,6 +130,15 @@ const awaitQuorum = <A>(tasks: ReadonlyArray<Effect.Effect<A, unknown>>, needed:
     return { results: [...results], ok: results.length >= needed, timedOut, all: Deferred.await(settled) } satisfies Quorate<A>
   })
 
+/**
+ * A replica operation with a hedge: if it has not succeeded within a quarter of the timeout
+ * (250 ms at most), `backup` (the fallback) runs too and the first success counts. A silent
+ * primary, partitioned away before the failure detector says so, then costs a fraction of
+ * the request's timeout instead of all of it.
+ */
+const hedged = <A>(task: Effect.Effect<A, unknown>, backup: (() => Effect.Effect<A, unknown>) | undefined, timeoutMs: number): Effect.Effect<A, unknown> =>
+  backup === undefined ? task : Effect.race(task, Effect.sleep(Math.min(250, Math.floor(timeoutMs / 4))).pipe(Effect.andThen(Effect.suspend(backup))))
+
 const mergeAll = (found: ReadonlyArray<Encoded | undefined>): StoredObject | undefined =>
   found.reduce<StoredObject | undefined>((acc, x) => (x === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
 
@@ -229,7 +238,7 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       for (const p of prefs) {
         if (p === self) continue
         const direct = usable(p) ? putTo(p, key, res.object, bytes, q.timeoutMs) : Effect.fail(new Error(`${p} is down`))
-        tasks.push(direct.pipe(Effect.catch(() => hinted(p))))
+        tasks.push(hedged(direct.pipe(Effect.catch(() => hinted(p))), q.sloppy && usable(p) ? () => hinted(p) : undefined, q.timeoutMs))
       }
       const r = yield* awaitQuorum(tasks, Math.max(0, needed - local), q.timeoutMs)
       if (!r.ok) {
@@ -283,10 +292,11 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
         if (!q.sloppy) return direct
         // A fallback answers with everything it holds parked under the key, for any owner:
         // the write it is asked to stand in for may have been parked for another primary.
-        return direct.pipe(Effect.catch(() => {
+        const viaFallback = () => {
           const f = fallbacks.shift()
-          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, "*").pipe(Effect.map((found) => ({ from: f, primary: false, found })))
-        }))
+          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, "*").pipe(Effect.map((found): Reply => ({ from: f, primary: false, found })))
+        }
+        return hedged(direct.pipe(Effect.catch(viaFallback)), usable(p) ? viaFallback : undefined, q.timeoutMs)
       })
       const r = yield* awaitQuorum(tasks, needed, q.timeoutMs)
       if (!r.ok) {

@@ -197,22 +197,30 @@ export const transferTasks = (state: ClusterState): TransferTask[] => {
 export const claimantStep = (state: ClusterState, claimant: string): ClusterState | undefined => {
   const r = state.ring
   const moving = !r.owners.every((o, p) => o === r.next[p]) || !sameMembers(r.members, r.nextMembers)
-  if (moving) {
+  const pending = state.requests.filter((x) => !r.applied.includes(x.id))
+  // A remove cannot wait for the move in progress: that move may be waiting for the very
+  // node being removed (a transfer source that is gone). It re-plans the move instead.
+  const removes = pending.filter((x) => x.kind === "remove" && r.nextMembers.includes(x.node))
+  if (moving && removes.length === 0) {
     const done = new Set(state.done)
     if (!transferTasks(state).every((t) => done.has(t.id))) return undefined
-    return adopt(state, { ...r, version: r.version + 1, members: r.nextMembers, owners: r.next }, claimant)
+    // Those who left with this move are gone now: their hints go to the new owners.
+    const left = r.members.filter((m) => !r.nextMembers.includes(m))
+    return adopt(state, { ...r, version: r.version + 1, members: r.nextMembers, owners: r.next, gone: sorted([...r.gone, ...left]) }, claimant)
   }
-  const pending = state.requests.filter((x) => !r.applied.includes(x.id))
-  if (pending.length === 0) return undefined
-  let ring: Ring = asRing(state.partitions, r.members, r.owners, r.version)
+  const work = moving ? removes : pending
+  if (work.length === 0) return undefined
+  let ring: Ring = moving ? asRing(state.partitions, r.nextMembers, r.next, r.version) : asRing(state.partitions, r.members, r.owners, r.version)
   const gone = new Set(r.gone)
   const order = { remove: 0, leave: 1, join: 2 } as const
-  for (const x of [...pending].sort((a, b) => order[a.kind] - order[b.kind] || (a.node < b.node ? -1 : a.node > b.node ? 1 : 0))) {
+  for (const x of [...work].sort((a, b) => order[a.kind] - order[b.kind] || (a.node < b.node ? -1 : a.node > b.node ? 1 : 0))) {
     if (x.kind === "join") {
       gone.delete(x.node)
       ring = applyEvent(ring, { seq: 0, node: x.node, kind: "join" })
     } else if (ring.members.includes(x.node) && ring.members.length > 1) {
-      gone.add(x.node)
+      // A removed node is gone at once (its data comes from the survivors); a leaving one
+      // hands its partitions over itself and is gone once the move is done.
+      if (x.kind === "remove") gone.add(x.node)
       ring = applyEvent(ring, { seq: 0, node: x.node, kind: "leave" })
     }
   }
@@ -222,7 +230,7 @@ export const claimantStep = (state: ClusterState, claimant: string): ClusterStat
     owners: r.owners,
     nextMembers: ring.members,
     next: ring.owners,
-    applied: [...r.applied, ...pending.map((x) => x.id)].slice(-1000),
+    applied: [...r.applied, ...work.map((x) => x.id)].slice(-1000),
     gone: sorted(gone)
   }
   return adopt(state, next, claimant)

@@ -118,7 +118,7 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
     })
     new client.Gauge({
       name: "tally_peer_phi",
-      help: "Failure detector phi per peer (above 8: suspect, above 12: down)",
+      help: "Failure detector phi per peer (at 5: suspect, at 8: down)",
       labelNames: ["peer"],
       registers: [registry],
       collect() {

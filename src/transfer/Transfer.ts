@@ -119,6 +119,8 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
   const dir = path.join(config.dataDir, "transfers")
   makeDirDurable(config.files, dir)
   const running = new Map<string, Running>()
+  /** When a transfer that failed may be tried again. */
+  const retryAt = new Map<string, number>()
   const stallMs = config.stallMs ?? 60_000
   const clock = yield* Clock.Clock
   const now = () => clock.currentTimeMillisUnsafe()
@@ -300,7 +302,11 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
       clearCheckpoints(task.id)
       yield* Effect.logInfo(`transfer of partition ${task.partition} to this node done (${run.keysSent} records from ${task.from.join(",")})`)
     }).pipe(
-      Effect.catch((e: unknown) => Effect.logWarning(`transfer ${task.id} paused: ${(e as Error)?.message ?? String(e)}`)),
+      Effect.catch((e: unknown) => {
+        // Not retried at once: a source that is down would make this a busy loop.
+        retryAt.set(task.id, now() + 2_000)
+        return Effect.logWarning(`transfer ${task.id} paused, retrying in 2 s: ${(e as Error)?.message ?? String(e)}`)
+      }),
       Effect.ensuring(Effect.sync(() => running.delete(task.id))),
       // A finished transfer makes room: start the next one now, not at the next tick.
       Effect.andThen(Effect.suspend(() => startMore))
@@ -311,7 +317,7 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
     const s = membership.state()
     const self = membership.self.id
     const done = new Set(s.done)
-    const mine = State.transferTasks(s).filter((t) => t.to === self && !done.has(t.id) && !running.has(t.id))
+    const mine = State.transferTasks(s).filter((t) => t.to === self && !done.has(t.id) && !running.has(t.id) && (retryAt.get(t.id) ?? 0) <= now())
     return Effect.forEach(mine.slice(0, Math.max(0, config.concurrency - running.size)), (task) => {
       running.set(task.id, { task, source: task.from[0] ?? "", keysSent: 0, keysTotal: 0, lastProgress: now() })
       return Effect.forkDetach(runTask(task))
