@@ -300,7 +300,8 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
       if (membership.state().ring.version !== version) return
       membership.markDone(task.id)
       clearCheckpoints(task.id)
-      yield* Effect.logInfo(`transfer of partition ${task.partition} to this node done (${run.keysSent} records from ${task.from.join(",")})`)
+      // One line per transfer that moved something; empty partitions (a new cluster) are quiet.
+      if (run.keysSent > 0) yield* Effect.logInfo(`transfer of partition ${task.partition} to this node done (${run.keysSent} records from ${task.from.join(",")})`)
     }).pipe(
       Effect.catch((e: unknown) => {
         // Not retried at once: a source that is down would make this a busy loop.
