@@ -140,9 +140,16 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
       return keys
     })
 
+  /**
+   * The highest committed LSN. Not `nextLsn - 1`: LSNs are assigned before their batch
+   * commits, so below nextLsn there may be records that are neither in the index (the
+   * snapshot) nor yet readable as changes; a pull starting after them would skip them.
+   */
+  const committed = Effect.map(engine.stats, (s) => s.lastLsn)
+
   const keysPage = (partition: number, after: string | null, limit: number) =>
     Effect.gen(function*() {
-      const lsn = yield* engine.nextLsn
+      const lsn = (yield* committed) + 1
       const keys = yield* keysOf(partition)
       // Binary search for the first key after the cursor.
       let lo = 0
@@ -165,7 +172,7 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
 
   const changesPage = (partition: number, from: number, limit: number) =>
     Effect.gen(function*() {
-      const end = (yield* engine.nextLsn) - 1
+      const end = yield* committed
       const got = yield* engine.changes(from, { follow: false }).pipe(
         Stream.filter((e) => e.partition === partition && e.lsn <= end),
         Stream.take(limit),
@@ -326,16 +333,27 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
   })
 
   /** Drops the partitions this node replicates in neither the current nor the next ring. */
+  /**
+   * Drops the partitions this node no longer replicates. Only in a settled ring with no
+   * transfer running here, and the state is checked again right before each drop (the drop
+   * takes what was written up to that moment): a move that starts meanwhile may be giving
+   * the partition back to this node, and what its transfer or its writes bring must stay.
+   */
   const dropMoved = Effect.gen(function*() {
-    const s = membership.state()
+    const start = membership.state()
     const self = membership.self.id
-    if (!State.settled(s)) return
-    const cur = State.currentRing(s)
+    if (!State.settled(start) || running.size > 0) return
+    const cur = State.currentRing(start)
     if (!cur.members.includes(self)) return
-    for (let q = 0; q < s.partitions; q++) {
-      if (preferenceList(cur, q, s.n).includes(self)) continue
+    for (let q = 0; q < start.partitions; q++) {
+      if (preferenceList(cur, q, start.n).includes(self)) continue
       if ((yield* engine.countPartition(q)) === 0) continue
-      const n = yield* engine.dropPartition(q)
+      const n = yield* Effect.suspend(() => {
+        const s = membership.state()
+        if (s.ring.version !== start.ring.version || !State.settled(s) || running.size > 0) return Effect.succeed(-1)
+        return engine.dropPartition(q)
+      })
+      if (n < 0) return
       yield* Effect.logInfo(`partition ${q} moved away: ${n} keys dropped here`)
     }
   }).pipe(Effect.catch((e: unknown) => Effect.logWarning(`dropping moved partitions: ${(e as Error)?.message ?? String(e)}`)))

@@ -84,7 +84,9 @@ const onOwners = async (t: { equal: (...args: never[]) => unknown } & { equal(a:
       const node = nodes.find((x) => x.id === id)!
       const local = (await (await fetch(`${node.url}/admin/local/${encodeURIComponent(key)}`)).json()) as { found: boolean; versions?: Array<{ value: string }> }
       const values = (local.versions ?? []).map((v) => Buffer.from(v.value, "base64").toString())
-      if (!local.found || !values.includes(want.value)) {
+      // The acknowledged value, or a later one (a write that missed its quorum may still
+      // have been applied, and replaced it through its context).
+      if (!local.found || !values.some((v) => v === want.value || (seqOf.get(v) ?? 0) > want.seq)) {
         missing++
         if (examples.length < 5) examples.push(`${key} on ${id}: ${values.join("|") || "absent"}`)
       }
