@@ -168,3 +168,178 @@ export const get = async (node: ClusterNode, key: string, q = "") => {
 
 export const faults = (node: ClusterNode, drop: string[]) =>
   fetch(`${node.url}/admin/faults`, { method: "POST", body: JSON.stringify({ drop }), headers: { "content-type": "application/json" } })
+
+// ---- strict load and its checks, shared by the membership tests (joins, transfer-kill) ------
+
+/** A write the cluster acknowledged: its value, the context it returned, its issue order. */
+export interface AckedWrite { value: string; context: string | undefined; seq: number }
+
+/** What a test wrote: the newest acknowledged write per key, and every value ever issued. */
+export interface WriteHistory {
+  readonly acked: Map<string, AckedWrite>
+  /** Per key, each issued value with its issue sequence number (acknowledged or not). */
+  readonly issued: Map<string, Map<string, number>>
+  seq: number
+}
+
+export const newHistory = (): WriteHistory => ({ acked: new Map(), issued: new Map(), seq: 0 })
+
+/** Issues a value for `key`; returns its sequence number. */
+const issue = (h: WriteHistory, key: string, value: string): number => {
+  const seq = ++h.seq
+  let m = h.issued.get(key)
+  if (m === undefined) h.issued.set(key, (m = new Map()))
+  m.set(value, seq)
+  return seq
+}
+
+const ack = (h: WriteHistory, key: string, value: string, seq: number, context: string | undefined) => {
+  const prev = h.acked.get(key)
+  if (prev === undefined || prev.seq < seq) h.acked.set(key, { value, context, seq })
+}
+
+/**
+ * Whether `values` (what a read, or one replica, returned for `key`) is acceptable given the
+ * write acknowledged before the read began: it holds that value, or one issued after it (a later
+ * write, acknowledged or not, whose context may have replaced it).
+ */
+export const acceptable = (h: WriteHistory, key: string, want: AckedWrite, values: ReadonlyArray<string>): boolean =>
+  values.includes(want.value) || values.some((v) => (h.issued.get(key)?.get(v) ?? 0) > want.seq)
+
+/** Writes `count` keys `<prefix>-<i>` with values of `bytes` bytes, `w` acknowledgements, `parallel` at a time. */
+export const preload = async (h: WriteHistory, nodes: ReadonlyArray<ClusterNode>, count: number, opts: { prefix?: string; bytes?: number; w?: number; parallel?: number } = {}) => {
+  const prefix = opts.prefix ?? "pre"
+  const pad = "x".repeat(Math.max(0, (opts.bytes ?? 0) - 24))
+  const parallel = opts.parallel ?? 32
+  let next = 0
+  const failures: string[] = []
+  await Promise.all(Array.from({ length: parallel }, async () => {
+    for (let i = next++; i < count; i = next++) {
+      const key = `${prefix}-${i}`
+      const value = `${key}@pre|${pad}`
+      const seq = issue(h, key, value)
+      const res = await put(nodes[i % nodes.length]!, key, value, `?w=${opts.w ?? 3}`)
+      if (res.status === 204) ack(h, key, value, seq, res.headers.get("x-context") ?? undefined)
+      else failures.push(`${key}: ${res.status} ${await res.text()}`)
+    }
+  }))
+  return failures
+}
+
+export interface LoadReport {
+  /** Reads that missed an acknowledged write: `<ms since start> <key>: <what>`. */
+  readonly anomalies: string[]
+  readonly reads: number
+  readonly writes: number
+  readonly failed: number
+  readonly reasons: string
+}
+
+/**
+ * Clients that write (w=2&sloppy=false) and read (r=2&sloppy=false) through random nodes of
+ * `nodes()` until stopped. A third of the writes create keys, the rest overwrite acknowledged
+ * ones with their context. A read that answers 404 or neither the value acknowledged when it
+ * began nor a later one is an anomaly.
+ */
+export const strictLoad = (nodes: () => ReadonlyArray<ClusterNode>, h: WriteHistory, opts: { writers?: number; readers?: number; tag?: string } = {}) => {
+  const W = "?w=2&sloppy=false&timeout=5000"
+  const R = "?r=2&sloppy=false&timeout=5000"
+  const t0 = Date.now()
+  let stop = false
+  const anomalies: string[] = []
+  let reads = 0
+  let writes = 0
+  let failed = 0
+  const reasons = new Map<string, number>()
+  const why = (r: string) => reasons.set(r, (reasons.get(r) ?? 0) + 1)
+  const pick = <A>(xs: ReadonlyArray<A>) => xs[Math.floor(Math.random() * xs.length)]!
+  const tag = opts.tag ?? "live"
+  const writer = async (w: number) => {
+    for (let i = 0; !stop; i++) {
+      const targets = nodes()
+      if (targets.length === 0 || h.acked.size === 0) {
+        await sleep(50)
+        continue
+      }
+      const key = i % 3 === 0 ? `${tag}-${w}-${i}` : pick([...h.acked.keys()])
+      const value = `${key}@${w}.${i}`
+      const seq = issue(h, key, value)
+      const res = await put(pick(targets), key, value, W, h.acked.get(key)?.context).catch(() => undefined)
+      if (res?.status === 204) {
+        ack(h, key, value, seq, res.headers.get("x-context") ?? undefined)
+        writes++
+      } else {
+        failed++
+        why(res === undefined ? "write: connection" : `write: ${res.status} ${((await res.json().catch(() => ({}))) as { error?: string }).error}`)
+      }
+    }
+  }
+  const reader = async () => {
+    while (!stop) {
+      const targets = nodes()
+      const keys = [...h.acked.keys()]
+      if (keys.length === 0 || targets.length === 0) {
+        await sleep(50)
+        continue
+      }
+      const key = pick(keys)
+      const want = h.acked.get(key)!
+      const via = pick(targets)
+      const r = await get(via, key, R).catch(() => undefined)
+      if (r === undefined || r.status >= 500) {
+        failed++
+        why(r === undefined ? "read: connection" : `read: ${r.status} ${(JSON.parse(r.body || "{}") as { error?: string }).error}`)
+        continue
+      }
+      reads++
+      if (r.status === 404) anomalies.push(`${Date.now() - t0} ms ${key} via ${via.id}: 404, acknowledged ${want.value.split("|")[0]}`)
+      else if (!acceptable(h, key, want, r.values)) {
+        anomalies.push(`${Date.now() - t0} ms ${key} via ${via.id}: read ${r.values.map((v) => v.split("|")[0]).join(" | ")}, acknowledged ${want.value.split("|")[0]}`)
+      }
+    }
+  }
+  const runs = [
+    ...Array.from({ length: opts.writers ?? 2 }, (_, w) => writer(w)),
+    ...Array.from({ length: opts.readers ?? 2 }, () => reader())
+  ]
+  return {
+    stop: async (): Promise<LoadReport> => {
+      stop = true
+      await Promise.all(runs)
+      return { anomalies, reads, writes, failed, reasons: [...reasons].map(([k, v]) => `${k}: ${v}`).join(", ") }
+    }
+  }
+}
+
+/**
+ * Every acknowledged key, read once strictly through a node of `nodes`, and looked up on each of
+ * its N owners (by `nodes[0]`'s ring) with `GET /admin/local/:key`. Returns what is wrong.
+ */
+export const checkAcked = async (nodes: ReadonlyArray<ClusterNode>, h: WriteHistory, n: number) => {
+  const unreadable: string[] = []
+  const missing: string[] = []
+  let i = 0
+  const entries = [...h.acked]
+  let next = 0
+  const v = await clusterView(nodes[0]!)
+  const ring: Ring = { partitions: v.partitions, owners: v.owners, version: 0, members: [...new Set(v.owners)].sort() }
+  await Promise.all(Array.from({ length: 16 }, async () => {
+    for (let j = next++; j < entries.length; j = next++) {
+      const [key, want] = entries[j]!
+      const r = await get(nodes[i++ % nodes.length]!, key, "?r=2&sloppy=false&timeout=5000")
+      if (r.status !== 200 && r.status !== 300) unreadable.push(`${key}: ${r.status} ${r.body.slice(0, 120)}`)
+      else if (!acceptable(h, key, want, r.values)) unreadable.push(`${key}: read ${r.values.map((v) => v.split("|")[0]).join(" | ")}, acknowledged ${want.value.split("|")[0]}`)
+      for (const id of preferenceList(ring, partitionOf(key, v.partitions), n)) {
+        const node = nodes.find((x) => x.id === id)
+        if (node === undefined) {
+          missing.push(`${key}: owner ${id} is not among the nodes checked`)
+          continue
+        }
+        const local = (await (await fetch(`${node.url}/admin/local/${encodeURIComponent(key)}`)).json()) as { found: boolean; versions?: Array<{ value: string }> }
+        const values = (local.versions ?? []).map((v) => Buffer.from(v.value, "base64").toString())
+        if (!local.found || !acceptable(h, key, want, values)) missing.push(`${key} on ${id}: ${values.map((v) => v.split("|")[0]).join(" | ") || "absent"}, acknowledged ${want.value.split("|")[0]}`)
+      }
+    }
+  }))
+  return { unreadable, missing }
+}

@@ -278,3 +278,52 @@ t.test("bad arguments are defects", async (t) => {
   t.throws(() => Ring.diff(ring, Ring.emptyRing(16)), RangeError)
   t.same(Ring.preferenceList(Ring.emptyRing(8), 3, 3), [])
 })
+
+// ---- claim: balance and movement over a growing cluster ------------------------------------
+
+/** Grows a ring from 0 to `upTo` members; per join, owners moved and replicas (of N) gained. */
+const grow = (q: number, names: ReadonlyArray<string>, n = 3) => {
+  let ring = Ring.emptyRing(q)
+  let moved = 0
+  let optimal = 0
+  let gained = 0
+  let gainedOptimal = 0
+  for (let s = 1; s <= names.length; s++) {
+    const next = Ring.applyEvent(ring, ev(s, names[s - 1]!))
+    checkBalance(next)
+    const moves = Ring.diff(ring, next)
+    assert.ok(moves.every((m) => m.to === names[s - 1]), "a join moves partitions only to the joiner")
+    moved += moves.length
+    optimal += q / s
+    if (s > 1) {
+      for (let p = 0; p < q; p++) {
+        const before = Ring.preferenceList(ring, p, n)
+        gained += Ring.preferenceList(next, p, n).filter((x) => !before.includes(x)).length
+      }
+      gainedOptimal += (Math.min(n, s) * q) / s
+    }
+    ring = next
+  }
+  return { ratio: moved / optimal, replicaRatio: gained / gainedOptimal }
+}
+
+t.test("claim: joins from 1 to 12 members keep balance and move at most 1.1x the optimal Q/S per join", async (t) => {
+  for (const q of [64, 256]) {
+    const { ratio, replicaRatio } = grow(q, Array.from({ length: 12 }, (_, i) => `n${i + 1}`))
+    t.comment(`q=${q}: partitions moved / sum of Q/S over 12 joins = ${ratio.toFixed(4)}; replicas gained (N=3) / sum of min(N,S)*Q/S = ${replicaRatio.toFixed(4)}`)
+    t.ok(ratio <= 1.1, `q=${q}: ratio ${ratio.toFixed(4)} <= 1.1`)
+  }
+})
+
+check(
+  "claim: any 12 joiner names keep balance and move at most 1.1x the optimal (q = 64, 256)",
+  fc.property(
+    fc.constantFrom(64, 256),
+    fc.uniqueArray(fc.string({ minLength: 1, maxLength: 12 }), { minLength: 12, maxLength: 12 }),
+    (q, names) => {
+      const { ratio } = grow(q, names)
+      assert.ok(ratio <= 1.1, `ratio ${ratio}`)
+    }
+  ),
+  100
+)
