@@ -23,7 +23,7 @@ import t, { type Test } from "tap"
 import { checkAcked, clusterView, newHistory, preload, settledOn, startCluster, strictLoad, type Cluster, type ClusterNode } from "./harness.ts"
 
 const Q = 8
-const KEYS = 3000
+const KEYS = 6000
 const RATE = 400_000
 
 interface Xfer { partition: number; from: string; to: string; state: string; keysSent: number; keysTotal: number }
