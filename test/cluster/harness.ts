@@ -172,7 +172,14 @@ export const faults = (node: ClusterNode, drop: string[]) =>
 // ---- strict load and its checks, shared by the membership tests (joins, transfer-kill) ------
 
 /** A write the cluster acknowledged: its value, the context it returned, its issue order. */
-export interface AckedWrite { value: string; context: string | undefined; seq: number }
+export interface AckedWrite {
+  value: string
+  context: string | undefined
+  seq: number
+  /** The node that coordinated it and when it answered (Date.now()), where known. */
+  via?: string
+  ackedAt?: number
+}
 
 /** What a test wrote: the newest acknowledged write per key, and every value ever issued. */
 export interface WriteHistory {
@@ -193,9 +200,9 @@ const issue = (h: WriteHistory, key: string, value: string): number => {
   return seq
 }
 
-const ack = (h: WriteHistory, key: string, value: string, seq: number, context: string | undefined) => {
+const ack = (h: WriteHistory, key: string, value: string, seq: number, context: string | undefined, via?: string) => {
   const prev = h.acked.get(key)
-  if (prev === undefined || prev.seq < seq) h.acked.set(key, { value, context, seq })
+  if (prev === undefined || prev.seq < seq) h.acked.set(key, { value, context, seq, ...(via === undefined ? {} : { via, ackedAt: Date.now() }) })
 }
 
 /**
@@ -219,16 +226,31 @@ export const preload = async (h: WriteHistory, nodes: ReadonlyArray<ClusterNode>
       const value = `${key}@pre|${pad}`
       const seq = issue(h, key, value)
       const res = await put(nodes[i % nodes.length]!, key, value, `?w=${opts.w ?? 3}`)
-      if (res.status === 204) ack(h, key, value, seq, res.headers.get("x-context") ?? undefined)
+      if (res.status === 204) ack(h, key, value, seq, res.headers.get("x-context") ?? undefined, nodes[i % nodes.length]!.id)
       else failures.push(`${key}: ${res.status} ${await res.text()}`)
     }
   }))
   return failures
 }
 
+/** One read that missed an acknowledged write. */
+export interface Anomaly {
+  readonly key: string
+  /** The node that coordinated the read, and when it was sent and answered (Date.now()). */
+  readonly via: string
+  readonly sentAt: number
+  readonly answeredAt: number
+  readonly status: number
+  readonly values: string[]
+  readonly want: AckedWrite
+  /** What `diagnose` found right after. */
+  readonly diagnosis?: string
+}
+
 export interface LoadReport {
   /** Reads that missed an acknowledged write: `<ms since start> <key>: <what>`. */
   readonly anomalies: string[]
+  readonly details: Anomaly[]
   readonly reads: number
   readonly writes: number
   readonly failed: number
@@ -241,12 +263,17 @@ export interface LoadReport {
  * ones with their context. A read that answers 404 or neither the value acknowledged when it
  * began nor a later one is an anomaly.
  */
-export const strictLoad = (nodes: () => ReadonlyArray<ClusterNode>, h: WriteHistory, opts: { writers?: number; readers?: number; tag?: string } = {}) => {
+export const strictLoad = (
+  nodes: () => ReadonlyArray<ClusterNode>,
+  h: WriteHistory,
+  opts: { writers?: number; readers?: number; tag?: string; diagnose?: (key: string, via: ClusterNode, want: AckedWrite) => Promise<string> } = {}
+) => {
   const W = "?w=2&sloppy=false&timeout=5000"
   const R = "?r=2&sloppy=false&timeout=5000"
   const t0 = Date.now()
   let stop = false
   const anomalies: string[] = []
+  const details: Anomaly[] = []
   let reads = 0
   let writes = 0
   let failed = 0
@@ -264,9 +291,10 @@ export const strictLoad = (nodes: () => ReadonlyArray<ClusterNode>, h: WriteHist
       const key = i % 3 === 0 ? `${tag}-${w}-${i}` : pick([...h.acked.keys()])
       const value = `${key}@${w}.${i}`
       const seq = issue(h, key, value)
-      const res = await put(pick(targets), key, value, W, h.acked.get(key)?.context).catch(() => undefined)
+      const via = pick(targets)
+      const res = await put(via, key, value, W, h.acked.get(key)?.context).catch(() => undefined)
       if (res?.status === 204) {
-        ack(h, key, value, seq, res.headers.get("x-context") ?? undefined)
+        ack(h, key, value, seq, res.headers.get("x-context") ?? undefined, via.id)
         writes++
       } else {
         failed++
@@ -285,16 +313,21 @@ export const strictLoad = (nodes: () => ReadonlyArray<ClusterNode>, h: WriteHist
       const key = pick(keys)
       const want = h.acked.get(key)!
       const via = pick(targets)
+      const sentAt = Date.now()
       const r = await get(via, key, R).catch(() => undefined)
+      const answeredAt = Date.now()
       if (r === undefined || r.status >= 500) {
         failed++
         why(r === undefined ? "read: connection" : `read: ${r.status} ${(JSON.parse(r.body || "{}") as { error?: string }).error}`)
         continue
       }
       reads++
-      if (r.status === 404) anomalies.push(`${Date.now() - t0} ms ${key} via ${via.id}: 404, acknowledged ${want.value.split("|")[0]}`)
-      else if (!acceptable(h, key, want, r.values)) {
-        anomalies.push(`${Date.now() - t0} ms ${key} via ${via.id}: read ${r.values.map((v) => v.split("|")[0]).join(" | ")}, acknowledged ${want.value.split("|")[0]}`)
+      if (r.status === 404 || !acceptable(h, key, want, r.values)) {
+        const diagnosis = opts.diagnose === undefined ? undefined : await opts.diagnose(key, via, want).catch((e) => `diagnosis failed: ${String(e)}`)
+        const what = r.status === 404 ? "404" : `read ${r.values.map((v) => v.split("|")[0]).join(" | ")}`
+        const by = want.via === undefined ? "" : ` (coordinated by ${want.via}, answered ${sentAt - want.ackedAt!} ms before this read was sent)`
+        anomalies.push(`${answeredAt - t0} ms ${key} via ${via.id}: ${what}, acknowledged ${want.value.split("|")[0]}${by}${diagnosis === undefined ? "" : `; ${diagnosis}`}`)
+        details.push({ key, via: via.id, sentAt, answeredAt, status: r.status, values: r.values, want, ...(diagnosis === undefined ? {} : { diagnosis }) })
       }
     }
   }
@@ -306,7 +339,7 @@ export const strictLoad = (nodes: () => ReadonlyArray<ClusterNode>, h: WriteHist
     stop: async (): Promise<LoadReport> => {
       stop = true
       await Promise.all(runs)
-      return { anomalies, reads, writes, failed, reasons: [...reasons].map(([k, v]) => `${k}: ${v}`).join(", ") }
+      return { anomalies, details, reads, writes, failed, reasons: [...reasons].map(([k, v]) => `${k}: ${v}`).join(", ") }
     }
   }
 }
