@@ -338,11 +338,21 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
    * transfer running here, and the state is checked again right before each drop (the drop
    * takes what was written up to that moment): a move that starts meanwhile may be giving
    * the partition back to this node, and what its transfer or its writes bring must stay.
+   * And only once every member has adopted the settled version, for 2 s: a node still on
+   * the older one reads from the old replicas, which must still hold the data (found by the
+   * concurrent-joins test: a joiner's strict read answered 404 after two old replicas dropped).
    */
+  let adoptedSince: { version: number; at: number } | undefined
   const dropMoved = Effect.gen(function*() {
     const start = membership.state()
     const self = membership.self.id
     if (!State.settled(start) || running.size > 0) return
+    if (!allSeen(start.ring.version)) {
+      adoptedSince = undefined
+      return
+    }
+    if (adoptedSince?.version !== start.ring.version) adoptedSince = { version: start.ring.version, at: now() }
+    if (now() - adoptedSince.at < 2_000) return
     const cur = State.currentRing(start)
     if (!cur.members.includes(self)) return
     for (let q = 0; q < start.partitions; q++) {
@@ -350,7 +360,7 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
       if ((yield* engine.countPartition(q)) === 0) continue
       const n = yield* Effect.suspend(() => {
         const s = membership.state()
-        if (s.ring.version !== start.ring.version || !State.settled(s) || running.size > 0) return Effect.succeed(-1)
+        if (s.ring.version !== start.ring.version || !State.settled(s) || running.size > 0 || !allSeen(s.ring.version)) return Effect.succeed(-1)
         return engine.dropPartition(q)
       })
       if (n < 0) return
