@@ -28,8 +28,10 @@
  * Prints figures, then one JSON line last.
  *
  * Options: --keys K (1000000), --rate R per operation (200: R PUT/s + R GET/s),
- * --before-seconds (20), --after-seconds (10), --base-port (19000), --timeout seconds for
- * the move to settle (3600), --profile DIR (each node writes a CPU profile there on exit).
+ * --before-seconds (20), --after-seconds (10), --base-port (32100: client ports 32101-32104,
+ * internode ports 100 above; the tests' ranges, internode ports included, end at 31999 and
+ * Linux's ephemeral ports start at 32768), --timeout seconds for the move to settle (3600),
+ * --profile DIR (each node writes a CPU profile there on exit).
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process"
 import * as fs from "node:fs"
@@ -49,7 +51,7 @@ const { values: args } = parseArgs({
     rate: { type: "string", default: "200" },
     "before-seconds": { type: "string", default: "20" },
     "after-seconds": { type: "string", default: "10" },
-    "base-port": { type: "string", default: "19000" },
+    "base-port": { type: "string", default: "32100" },
     timeout: { type: "string", default: "3600" },
     profile: { type: "string" }
   }
@@ -91,10 +93,21 @@ const killAll = (signal: NodeJS.Signals = "SIGKILL") => {
     }
   }
 }
-process.on("exit", () => killAll())
+/** The run's temp dir, removed on every way out. */
+let tmpDir: string | undefined
+const removeTmp = () => {
+  // A node just killed may still be creating a file: retry a directory that is not yet empty.
+  if (tmpDir !== undefined) fs.rmSync(tmpDir, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 })
+  tmpDir = undefined
+}
+process.on("exit", () => {
+  killAll()
+  removeTmp()
+})
 for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   process.on(s, () => {
     killAll()
+    removeTmp()
     process.exit(128 + (s === "SIGINT" ? 2 : s === "SIGTERM" ? 15 : 1))
   })
 }
@@ -317,6 +330,7 @@ const commit = (() => {
   }
 })()
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "tally-bench-rebalance-"))
+tmpDir = tmp
 const cpus = os.cpus()
 const load0 = os.loadavg()
 progress(`commit ${commit}, ${cpus.length} x ${cpus[0]?.model}, Node ${process.version}, load average ${load0.map((x) => x.toFixed(2)).join(" ")}; K=${K}, ${RATE} PUT/s + ${RATE} GET/s; data in ${tmp}`)
@@ -592,6 +606,6 @@ try {
   process.stderr.write(`# rebalance failed: ${(e as Error)?.stack ?? String(e)}\n`)
 } finally {
   await stopAll()
-  fs.rmSync(tmp, { recursive: true, force: true })
+  removeTmp()
 }
 process.exit(failed ? 1 : 0)
