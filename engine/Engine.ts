@@ -13,6 +13,7 @@ import { Files, type FilesApi } from "./Files.ts"
 import { defaultLogConfig, Log, type DamageReport, type Entry, type LogConfig, type LogStats, type Written } from "./Log.ts"
 import { LogCursor } from "./LogCursor.ts"
 import { RecordType } from "./Record.ts"
+import type { KeyHash, PartitionTree } from "./TictacTree.ts"
 
 /** Engine settings: the log's (see LogConfig) plus the compaction schedule. */
 export interface EngineConfig extends Partial<Omit<LogConfig, "dir">> {
@@ -68,6 +69,10 @@ export class Engine extends Context.Service<Engine, {
   readonly scanPartition: (partition: number, options?: ScanOptions) => Effect.Effect<PartitionSnapshot>
   /** The keys (tombstones included) held in `partition` now, in no particular order. */
   readonly partitionKeys: (partition: number) => Effect.Effect<ReadonlyArray<string>>
+  /** A copy of the anti-entropy tree's branches of `partition` (TictacTree.ts); no disk read. */
+  readonly tree: (partition: number) => Effect.Effect<PartitionTree>
+  /** Every key of `partition` with its key hash and tree contribution (one index pass, no disk read). */
+  readonly partitionHashes: (partition: number) => Effect.Effect<ReadonlyArray<KeyHash & { readonly h: number }>>
   /** Keys (tombstones included) held in `partition`. */
   readonly countPartition: (partition: number) => Effect.Effect<number>
   /** Drops every record of `partition` written so far, durably; returns how many keys went. */
@@ -222,6 +227,8 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
     get: (key) => Effect.try({ try: () => Option.fromNullishOr(log.read(key)), catch: toError }),
     contentHash: (key) => Effect.sync(() => Option.fromNullishOr(log.contentHash(key))),
     scanPartition,
+    tree: (partition) => Effect.sync(() => log.index.trees.branches(partition)),
+    partitionHashes: (partition) => Effect.sync(() => log.index.hashesOf(partition)),
     countPartition: (partition) => Effect.sync(() => log.countPartition(partition)),
     partitionKeys: (partition) => Effect.sync(() => log.index.keysOf(partition)),
     dropPartition: (partition) => Effect.tryPromise({ try: () => log.dropPartition(partition), catch: toError }),

@@ -5,8 +5,11 @@
  * JS object per key (docs/storage.md has the measured figure). Tombstones stay indexed: the
  * node needs their metadata. Keys per partition are counted here; listing a partition's keys
  * walks the whole index (a per-partition list would cost 8 more bytes per key for a walk
- * that only transfers and exchanges make).
+ * that only transfers and exchanges make). Every change also updates the partition's
+ * anti-entropy tree (TictacTree.ts), so the trees are current whenever the index is, at
+ * start-up included.
  */
+import { contribution, keyHash, Trees } from "./TictacTree.ts"
 
 /** Where a key's newest record is, and what it holds. */
 export interface Location {
@@ -37,6 +40,8 @@ export class KeyIndex {
   private readonly perPartition = new Uint32Array(0x1_0000)
   private free: number[] = []
   private used = 0
+  /** The anti-entropy trees of the keys indexed here. */
+  readonly trees = new Trees()
 
   get size(): number {
     return this.map.size
@@ -112,10 +117,14 @@ export class KeyIndex {
   /** Sets the location of `key` unconditionally. */
   set(key: string, segment: number, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): void {
     let s = this.map.get(key)
+    const h = keyHash(key)
     if (s === undefined) {
       s = this.newSlot(key, partition)
       this.info[s] = partition
+    } else {
+      this.trees.change(this.info[s]! & 0xffff, h, contribution(this.hHi[s]!, this.hLo[s]!), -1)
     }
+    this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
   }
 
@@ -156,6 +165,9 @@ export class KeyIndex {
       this.replacedHashHi = this.hHi[s]!
       this.replacedHashLo = this.hLo[s]!
     }
+    const h = keyHash(key)
+    if (this.replacedSegment >= 0) this.trees.change(this.info[s]! & 0xffff, h, contribution(this.replacedHashHi, this.replacedHashLo), -1)
+    this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
     return true
   }
@@ -165,6 +177,7 @@ export class KeyIndex {
     const s = this.map.get(key)
     if (s === undefined) return false
     this.map.delete(key)
+    this.trees.change(this.info[s]! & 0xffff, keyHash(key), contribution(this.hHi[s]!, this.hLo[s]!), -1)
     this.perPartition[this.info[s]! & 0xffff]!--
     this.free.push(s)
     return true
@@ -180,6 +193,20 @@ export class KeyIndex {
     const out: string[] = []
     if (this.perPartition[partition] === 0) return out
     for (const [key, s] of this.map) if ((this.info[s]! & 0xffff) === partition) out.push(key)
+    return out
+  }
+
+  /**
+   * The keys of one partition with their key hash, tree contribution and tombstone flag, in
+   * no particular order (a snapshot array; hashes only, no disk read).
+   */
+  hashesOf(partition: number): Array<{ key: string; h: number; hash: number; tombstone: boolean }> {
+    const out: Array<{ key: string; h: number; hash: number; tombstone: boolean }> = []
+    if (this.perPartition[partition] === 0) return out
+    for (const [key, s] of this.map) {
+      const info = this.info[s]!
+      if ((info & 0xffff) === partition) out.push({ key, h: keyHash(key), hash: contribution(this.hHi[s]!, this.hLo[s]!), tombstone: (info & TOMB) !== 0 })
+    }
     return out
   }
 
