@@ -34,6 +34,10 @@ export interface ApiDeps {
     readonly transfers: () => Promise<ReadonlyArray<unknown>>
     /** What this node itself stores for a key (GET /admin/local/:key), for operators and tests. */
     readonly local: (key: string) => Promise<Record<string, unknown>>
+    /** Anti-entropy per partition (GET /admin/aae). */
+    readonly aae: () => Record<string, unknown>
+    /** Starts a compaction now, reaping what may be reaped (POST /admin/compact). */
+    readonly compact: () => void
   }
   /** Fault injection, when the node was started with --enable-fault-injection. */
   readonly faults?: { readonly set: (drop: ReadonlyArray<string>) => void; readonly get: () => ReadonlyArray<string> }
@@ -232,6 +236,11 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     const key = parseKey(req.params.key)
     if (key instanceof ApiError) return sendError(reply, key)
     return deps.admin.local(key)
+  })
+  app.get("/admin/aae", { config: { op: "aae" } }, async () => deps.admin.aae())
+  app.post("/admin/compact", { config: { op: "compact" } }, async (_req, reply) => {
+    deps.admin.compact()
+    return reply.code(202).send({ node: deps.nodeId, status: "compacting", message: "a full compaction runs now; it reaps the tombstones that may be reaped" })
   })
   app.post("/admin/leave", { config: { op: "leave" } }, async (_req, reply) => {
     const err = await deps.admin.leave()

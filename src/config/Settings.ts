@@ -60,6 +60,8 @@ export interface NodeSettings {
   readonly transferConcurrency: number
   /** Most bytes per second this node pulls in transfers, 0 for no limit (live). */
   readonly transferBytesPerSecond: number
+  /** Pause between anti-entropy exchanges, ms; 0 turns anti-entropy off (live). */
+  readonly aaeIntervalMs: number
   readonly compaction: CompactionSettings
 }
 
@@ -71,6 +73,7 @@ export const LIVE_SETTINGS = [
   "maxValueBytes",
   "transferConcurrency",
   "transferBytesPerSecond",
+  "aaeIntervalMs",
   "compaction.deadRatio",
   "compaction.deadBytes",
   "compaction.smallBytes",
@@ -92,6 +95,7 @@ export interface LiveSettingsShape {
   readonly maxValueBytes: number
   readonly transferConcurrency: number
   readonly transferBytesPerSecond: number
+  readonly aaeIntervalMs: number
   readonly compaction: Partial<LiveCompactionSettings>
 }
 
@@ -110,6 +114,7 @@ export const DEFAULTS = {
   enableFaultInjection: false,
   transferConcurrency: 2,
   transferBytesPerSecond: 0,
+  aaeIntervalMs: 1_000,
   // The engine's own defaults, so the two can never disagree.
   compaction: {
     deadRatio: defaultLogConfig.compactDeadRatio,
@@ -179,6 +184,7 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("logLevel", "log-level", LOG_LEVELS.join("|"), "log verbosity (live)", DEFAULTS.logLevel),
   flag("transferConcurrency", "transfer-concurrency", "K", "partition transfers this node receives at once (live)", String(DEFAULTS.transferConcurrency)),
   flag("transferBytesPerSecond", "transfer-rate", "BYTES", "most bytes per second this node pulls in transfers, 0 for no limit (live)", "0"),
+  flag("aaeIntervalMs", "aae-interval", "MS", "pause between anti-entropy exchanges, 0 turns anti-entropy off (live)", String(DEFAULTS.aaeIntervalMs)),
   flag("config", "config", "FILE", "JSON config file with the same settings; watched for live changes", "none"),
   flag("enableFaultInjection", "enable-fault-injection", undefined, "turn on POST /admin/faults (tests only)", "off")
 ]
@@ -216,6 +222,7 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   enableFaultInjection: { type: "boolean" },
   transferConcurrency: { type: "int", min: 1, max: 64 },
   transferBytesPerSecond: { type: "int", min: 0, max: MAX_INT },
+  aaeIntervalMs: { type: "int", min: 0, max: MAX_INT },
   config: { type: "text", pattern: /\S/, expected: "a file path" }
 }
 
@@ -470,6 +477,7 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     fsync: (values.fsync as FsyncMode | undefined) ?? DEFAULTS.fsync,
     transferConcurrency: (values.transferConcurrency as number | undefined) ?? DEFAULTS.transferConcurrency,
     transferBytesPerSecond: (values.transferBytesPerSecond as number | undefined) ?? DEFAULTS.transferBytesPerSecond,
+    aaeIntervalMs: (values.aaeIntervalMs as number | undefined) ?? DEFAULTS.aaeIntervalMs,
     maxValueBytes: (values.maxValueBytes as number | undefined) ?? DEFAULTS.maxValueBytes,
     logLevel: (values.logLevel as LogLevel | undefined) ?? DEFAULTS.logLevel,
     enableFaultInjection: (values.enableFaultInjection as boolean | undefined) ?? DEFAULTS.enableFaultInjection,
@@ -518,6 +526,7 @@ export const liveSettings = (s: NodeSettings): LiveSettingsShape => ({
   maxValueBytes: s.maxValueBytes,
   transferConcurrency: s.transferConcurrency,
   transferBytesPerSecond: s.transferBytesPerSecond,
+  aaeIntervalMs: s.aaeIntervalMs,
   compaction: {
     deadRatio: s.compaction.deadRatio,
     deadBytes: s.compaction.deadBytes,
@@ -543,7 +552,7 @@ export const diffSettings = (old: NodeSettings, next: NodeSettings): SettingsDif
   const restartNeeded: Array<string> = []
   for (const key of Object.keys(TOP_KINDS) as ReadonlyArray<FlagKey>) {
     if (sameValue(old[key], next[key])) continue
-    if (key === "r" || key === "w" || key === "maxValueBytes" || key === "transferConcurrency" || key === "transferBytesPerSecond") live[key] = next[key]
+    if (key === "r" || key === "w" || key === "maxValueBytes" || key === "transferConcurrency" || key === "transferBytesPerSecond" || key === "aaeIntervalMs") live[key] = next[key]
     else if (key === "logLevel") live.logLevel = next.logLevel
     else restartNeeded.push(key)
   }
@@ -565,6 +574,7 @@ export const applyLivePatch = (settings: NodeSettings, patch: Partial<LiveSettin
   ...(patch.maxValueBytes !== undefined ? { maxValueBytes: patch.maxValueBytes } : {}),
   ...(patch.transferConcurrency !== undefined ? { transferConcurrency: patch.transferConcurrency } : {}),
   ...(patch.transferBytesPerSecond !== undefined ? { transferBytesPerSecond: patch.transferBytesPerSecond } : {}),
+  ...(patch.aaeIntervalMs !== undefined ? { aaeIntervalMs: patch.aaeIntervalMs } : {}),
   compaction: { ...settings.compaction, ...patch.compaction }
 })
 

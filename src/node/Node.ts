@@ -17,6 +17,7 @@ import { Coordinator } from "../coordinator/Coordinator.ts"
 import { isDataMessage } from "../coordinator/Messages.ts"
 import { Handoff, shipLoop } from "../handoff/Handoff.ts"
 import { isTransferMessage, Transfer } from "../transfer/Transfer.ts"
+import { type AaeConfig, AntiEntropy, isAaeMessage } from "../aae/AntiEntropy.ts"
 import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
@@ -46,6 +47,8 @@ export interface StartOptions {
   readonly seedIds?: ReadonlyArray<string>
   /** The engine's files (with `memory`): a test keeps them to inject faults. */
   readonly engineFiles?: FilesApi
+  /** Anti-entropy settings beyond the node settings (tests). */
+  readonly aae?: Partial<AaeConfig>
 }
 
 /** A node assembled but not listening: its Fastify app and how to stop it. */
@@ -104,7 +107,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   })
   const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync, partitions: settings.partitions })
   const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: settings.transferConcurrency, bytesPerSecond: settings.transferBytesPerSecond })
-  const services = Layer.merge(Coordinator.layer({ n: settings.n }), transfer).pipe(
+  const aae = AntiEntropy.layer({ intervalMs: settings.aaeIntervalMs, tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.aae ?? {}) })
+  const services = Layer.mergeAll(Coordinator.layer({ n: settings.n }), transfer, aae).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
     Layer.provideMerge(Layer.mergeAll(engine, handoff)),
     Layer.provideMerge(membership),
@@ -116,10 +120,12 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     const m = yield* Membership
     const c = yield* Coordinator
     const x = yield* Transfer
+    const a = yield* AntiEntropy
     yield* t.serve((from, payload) => {
       if (isMembershipMessage(payload)) return m.handle(from, payload)
       if (isDataMessage(payload)) return c.handle(from, payload)
       if (isTransferMessage(payload)) return x.handle(from, payload)
+      if (isAaeMessage(payload)) return a.handle(from, payload)
       return Effect.fail(new Error("unknown message"))
     })
     // Parked writes go to their owner when it is up, or, for an owner gone for good (left or
@@ -136,8 +142,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   }))
   const layer = internode.pipe(Layer.provideMerge(services), Layer.provide(Logger.layer([toPino])))
   const runtime = ManagedRuntime.make(layer)
-  const { engineService, membershipService, transportService, handoffService, transferService } = await runtime.runPromise(Effect.gen(function*() {
-    return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff, transferService: yield* Transfer }
+  const { engineService, membershipService, transportService, handoffService, transferService, aaeService } = await runtime.runPromise(Effect.gen(function*() {
+    return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff, transferService: yield* Transfer, aaeService: yield* AntiEntropy }
   })).catch(async (e) => {
     await runtime.dispose()
     throw e
@@ -201,6 +207,20 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
         return undefined
       },
       transfers: () => runtime.runPromise(transferService.list),
+      aae: () => ({
+        node: settings.id,
+        partitions: aaeService.status().map((p) => ({
+          ...p,
+          lastExchange: p.lastExchange === undefined ? null : new Date(p.lastExchange).toISOString(),
+          cleanSince: Object.fromEntries(Object.entries(p.cleanSince).map(([k, v]) => [k, new Date(v).toISOString()]))
+        }))
+      }),
+      compact: () => {
+        void runtime.runPromise(engineService.compact({ full: true }).pipe(
+          Effect.tap((r) => Effect.logInfo(`compaction (requested): ${r === undefined ? "nothing to do" : `${r.bytesBefore} -> ${r.bytesAfter} bytes, ${r.droppedTombstones} tombstones reaped`}`)),
+          Effect.catch((e) => Effect.logWarning(`requested compaction failed: ${e.message}`))
+        ))
+      },
       local: (key) => runtime.runPromise(Effect.gen(function*() {
         const replica = yield* Replica
         const found = yield* replica.readEncoded(key).pipe(Effect.orElseSucceed(() => undefined))
@@ -236,6 +256,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
         ...(patch.transferConcurrency !== undefined ? { concurrency: patch.transferConcurrency } : {}),
         ...(patch.transferBytesPerSecond !== undefined ? { bytesPerSecond: patch.transferBytesPerSecond } : {})
       })
+      if (patch.aaeIntervalMs !== undefined) aaeService.reconfigure({ intervalMs: patch.aaeIntervalMs })
+      if (patch.compaction?.tombstoneGraceMs !== undefined) aaeService.reconfigure({ tombstoneGraceMs: patch.compaction.tombstoneGraceMs })
       if (patch.logLevel !== undefined) logger.level = patch.logLevel
       const c = patch.compaction
       if (c !== undefined) {

@@ -212,7 +212,7 @@ t.test("quorum_not_met and timeout reach the client with their status and detail
     run: async () => Exit.fail(errors[next]),
     settings: () => ({ n: 3, r: 2, w: 2, timeoutMs: 100, maxValueBytes: 1000 }),
     health: () => ({ status: "ok" }),
-    admin: { leave: async () => undefined, remove: async () => undefined, transfers: async () => [], local: async () => ({}) }
+    admin: { leave: async () => undefined, remove: async () => undefined, transfers: async () => [], local: async () => ({}), aae: () => ({}), compact: () => {} }
   })
   t.teardown(() => app.close())
   const q = await app.inject({ method: "PUT", url: "/kv/k", payload: "v" })

@@ -48,6 +48,7 @@ t.test("defaults", async (t) => {
     config: undefined,
     transferConcurrency: 2,
     transferBytesPerSecond: 0,
+    aaeIntervalMs: 1000,
     compaction: { deadRatio: 0.4, deadBytes: 32 * 1024 * 1024, smallBytes: 4 * 1024 * 1024, intervalMs: 30000, tombstoneGraceMs: 86400000 }
   })
   const s = ok({ flags: { port: "8081" } })
@@ -97,6 +98,7 @@ t.test("every flag has its TALLY_ variable", async (t) => {
       TALLY_ENABLE_FAULT_INJECTION: "true",
       TALLY_TRANSFER_CONCURRENCY: "3",
       TALLY_TRANSFER_RATE: "1000000",
+      TALLY_AAE_INTERVAL: "250",
       TALLY_CONFIG: undefined
     }
   })
@@ -120,6 +122,7 @@ t.test("every flag has its TALLY_ variable", async (t) => {
       config: undefined,
       transferConcurrency: 3,
       transferBytesPerSecond: 1000000,
+      aaeIntervalMs: 250,
       compaction: undefined
     }
   )
@@ -178,7 +181,7 @@ t.test("validation errors name the source and what is expected", async (t) => {
 t.test("config file errors: unknown keys, wrong types, bad shapes", async (t) => {
   const flags = { config: "t.json" }
   t.same(errorsOf({ flags, file: { prot: 1 } }), [
-    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, compaction'
+    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, compaction'
   ])
   t.same(errorsOf({ flags, file: { port: "8080" } }), ['"port" in t.json must be an integer from 1 to 65535; got "8080" (a string)'])
   t.same(errorsOf({ flags, file: { w: 5 } }), ['"w" in t.json must be an integer from 1 to n (3); got 5'])
@@ -235,7 +238,7 @@ t.test("diffSettings separates live changes from those needing a restart", async
   t.same(d.restartNeeded, ["id", "port", "data", "seeds", "fsync", "compaction.intervalMs"])
   for (const v of Object.values(d.live.compaction ?? {})) t.not(v, undefined, "no undefined keys in a patch")
   t.same(applyLivePatch(old, d.live), { ...old, r: 1, w: 3, maxValueBytes: 5, logLevel: "debug", compaction: { ...old.compaction, deadRatio: 0.9, tombstoneGraceMs: 7 } })
-  t.same(LIVE_SETTINGS, ["r", "w", "logLevel", "maxValueBytes", "transferConcurrency", "transferBytesPerSecond", "compaction.deadRatio", "compaction.deadBytes", "compaction.smallBytes", "compaction.tombstoneGraceMs"])
+  t.same(LIVE_SETTINGS, ["r", "w", "logLevel", "maxValueBytes", "transferConcurrency", "transferBytesPerSecond", "aaeIntervalMs", "compaction.deadRatio", "compaction.deadBytes", "compaction.smallBytes", "compaction.tombstoneGraceMs"])
 })
 
 t.test("shouldLog filters by level", async (t) => {
