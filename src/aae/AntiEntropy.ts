@@ -23,12 +23,14 @@
  */
 import { Clock, Context, Effect, Layer, Option } from "effect"
 import { Engine } from "../../engine/Engine.ts"
-import { BRANCHES, branchOf, childOf, children, childWidthBits, type Subtree } from "../../engine/TictacTree.ts"
+import { BRANCHES } from "../../engine/TictacTree.ts"
+import { type AaeMessage, answer, exchange, type ExchangeDeps, type ExchangeResult } from "./Exchange.ts"
 import { Membership } from "../membership/Membership.ts"
 import { Replica } from "../replica/Replica.ts"
 import { preferenceList } from "../ring/Ring.ts"
 import { Transport } from "../transport/Transport.ts"
-import { allDeleted, decodeObject, objectBytes } from "../versions/Sibling.ts"
+
+export { type AaeMessage, type ExchangeResult, isAaeMessage } from "./Exchange.ts"
 
 /** Anti-entropy settings (all live). */
 export interface AaeConfig {
@@ -53,43 +55,6 @@ export const defaultAaeConfig: AaeConfig = {
   tombstoneGraceMs: 86_400_000
 }
 
-/** Internode messages of anti-entropy (validated by `isAaeMessage`). */
-export type AaeMessage =
-  | { readonly t: "aae-branches"; readonly partition: number }
-  | { readonly t: "aae-children"; readonly partition: number; readonly nodes: ReadonlyArray<Subtree> }
-  | { readonly t: "aae-keys"; readonly partition: number; readonly nodes: ReadonlyArray<Subtree & { readonly child: number }> }
-  | { readonly t: "aae-sync"; readonly partition: number; readonly records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array | null }> }
-
-const MAX_NODES = BRANCHES * 4
-const MAX_SYNC = 10_000
-
-const isPartition = (p: unknown): p is number => Number.isInteger(p) && (p as number) >= 0 && (p as number) <= 0xffff
-const isSubtree = (n: unknown): n is Subtree => {
-  const x = n as Record<string, unknown> | null
-  return typeof x === "object" && x !== null && Number.isInteger(x.branch) && (x.branch as number) >= 0 && (x.branch as number) < BRANCHES &&
-    Number.isInteger(x.bits) && (x.bits as number) >= 0 && (x.bits as number) <= 10
-}
-
-/** Whether an untrusted payload is an anti-entropy message. */
-export const isAaeMessage = (m: unknown): m is AaeMessage => {
-  const x = m as Record<string, unknown> | null
-  if (typeof x !== "object" || x === null || !isPartition(x.partition)) return false
-  switch (x.t) {
-    case "aae-branches":
-      return true
-    case "aae-children":
-      return Array.isArray(x.nodes) && x.nodes.length <= MAX_NODES && x.nodes.every(isSubtree)
-    case "aae-keys":
-      return Array.isArray(x.nodes) && x.nodes.length <= MAX_NODES * 1024 &&
-        x.nodes.every((n: Record<string, unknown>) => isSubtree(n) && Number.isInteger(n.child) && (n.child as number) >= 0 && (n.child as number) < 1 << (n.bits as number))
-    case "aae-sync":
-      return Array.isArray(x.records) && x.records.length <= MAX_SYNC &&
-        x.records.every((r: Record<string, unknown>) => typeof r?.key === "string" && (r.object === null || r.object instanceof Uint8Array))
-    default:
-      return false
-  }
-}
-
 /** What /admin/aae shows for one partition. */
 export interface PartitionAae {
   readonly partition: number
@@ -109,18 +74,6 @@ export interface PartitionAae {
   readonly cleanSince: Readonly<Record<string, number>>
 }
 
-/** The outcome of one exchange. */
-export interface ExchangeResult {
-  readonly partition: number
-  readonly peer: string
-  readonly roundTrips: number
-  readonly bytes: number
-  readonly keysCompared: number
-  readonly differing: number
-  readonly repaired: number
-  readonly clean: boolean
-}
-
 interface Stats {
   lastExchange: number | undefined
   lastPeer: string | undefined
@@ -135,7 +88,7 @@ interface Stats {
 export class AntiEntropy extends Context.Service<AntiEntropy, {
   readonly handle: (from: string, msg: AaeMessage) => Effect.Effect<unknown>
   /** Runs one exchange of `partition` with `peer` now. */
-  readonly exchange: (partition: number, peer: string) => Effect.Effect<ExchangeResult, Error>
+  readonly exchange: (partition: number, peer: string) => Effect.Effect<ExchangeResult & { readonly peer: string }, Error>
   /** Per partition this node is a primary of. */
   readonly status: () => ReadonlyArray<PartitionAae>
   /**
@@ -148,13 +101,6 @@ export class AntiEntropy extends Context.Service<AntiEntropy, {
 }>()("tally/aae/AntiEntropy") {
   static readonly layer = (config: Partial<AaeConfig> = {}) => Layer.effect(AntiEntropy, make({ ...defaultAaeConfig, ...config }))
 }
-
-const u32 = (b: Uint8Array): Uint32Array => {
-  const copy = new Uint8Array(b.length)
-  copy.set(b)
-  return new Uint32Array(copy.buffer, 0, b.length >> 2)
-}
-const bytesOf = (a: Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
 
 /** Builds the service and starts its loop in the layer's scope. */
 export const make = Effect.fnUntraced(function*(config: AaeConfig) {
@@ -181,72 +127,9 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
     return prefs.includes(self) ? prefs.filter((id) => id !== self) : []
   }
 
-  // ---- the answering side --------------------------------------------------------------
+  const deps: ExchangeDeps = { engine, replica, now, config }
 
-  /** Reads a key's object with its record timestamp, or undefined. */
-  const local = (key: string) =>
-    engine.get(key).pipe(Effect.map((o) => Option.getOrUndefined(o)))
-
-  /** Whether a stored object is a tombstone past the grace period (not worth pushing to a replica that lacks the key). */
-  const oldTombstone = (object: Uint8Array, timestamp: number): boolean => {
-    const o = decodeObject(object)
-    return o !== undefined && allDeleted(o) && timestamp + config.tombstoneGraceMs <= now()
-  }
-
-  const handle = (from: string, msg: AaeMessage): Effect.Effect<unknown> => {
-    void from
-    const reply: Effect.Effect<unknown, unknown> = Effect.gen(function*() {
-      switch (msg.t) {
-        case "aae-branches": {
-          const t = yield* engine.tree(msg.partition)
-          return { t: "aae-branches", hashes: bytesOf(t.hashes), counts: bytesOf(t.counts) }
-        }
-        case "aae-children": {
-          const t = yield* engine.tree(msg.partition)
-          const kids = children(yield* engine.partitionHashes(msg.partition), msg.nodes)
-          return {
-            t: "aae-children",
-            nodes: msg.nodes.map((n) => ({ branch: n.branch, hash: t.hashes[n.branch]!, children: bytesOf(kids.get(n.branch)!) }))
-          }
-        }
-        case "aae-keys": {
-          const want = new Set(msg.nodes.map((n) => n.branch * 1024 + n.child))
-          const bits = new Map(msg.nodes.map((n) => [n.branch, n.bits]))
-          const keys: string[] = []
-          const hashes: number[] = []
-          for (const e of yield* engine.partitionHashes(msg.partition)) {
-            const b = branchOf(e.h)
-            const k = bits.get(b)
-            if (k !== undefined && want.has(b * 1024 + childOf(e.h, k))) {
-              keys.push(e.key)
-              hashes.push(e.hash)
-            }
-          }
-          return { t: "aae-keys", keys, hashes: bytesOf(Uint32Array.from(hashes)) }
-        }
-        case "aae-sync": {
-          const out: Array<{ key: string; object: Uint8Array | null }> = []
-          for (const r of msg.records) {
-            if (r.object !== null) {
-              const o = decodeObject(r.object)
-              if (o !== undefined) yield* replica.merge(r.key, o)
-            }
-            const mine = yield* local(r.key)
-            const bytes = mine === undefined ? null : objectBytes(mine)
-            // A tombstone past its grace is not sent to a replica that never had the key (or
-            // reaped it): that would only bring back what reaping removed.
-            out.push({ key: r.key, object: bytes !== null && r.object === null && oldTombstone(bytes, mine!.timestamp) ? null : bytes })
-          }
-          return { t: "aae-sync", records: out }
-        }
-      }
-    })
-    return reply.pipe(Effect.catch((e: unknown) => Effect.succeed({ t: "aae-err", message: String((e as Error)?.message ?? e) })))
-  }
-
-  // ---- the asking side -----------------------------------------------------------------
-
-  const ask = (peerId: string, msg: AaeMessage, timeoutMs = 30_000) =>
+  const ask = (peerId: string, timeoutMs = 30_000) => (msg: AaeMessage) =>
     Effect.gen(function*() {
       const peer = membership.peer(peerId)
       if (peer === undefined) return yield* Effect.fail(new Error(`unknown node ${peerId}`))
@@ -256,99 +139,18 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
       return r as unknown
     })
 
-  const exchange = (partition: number, peer: string): Effect.Effect<ExchangeResult, Error> =>
-    Effect.gen(function*() {
-      const started = now()
-      let bytes = 0
-      let roundTrips = 0
-      const result = (over: Partial<ExchangeResult>): ExchangeResult => {
-        const r: ExchangeResult = { partition, peer, roundTrips, bytes, keysCompared: 0, differing: 0, repaired: 0, clean: true, ...over }
-        const s = statsOf(partition)
-        s.lastExchange = now()
-        s.lastPeer = peer
-        s.exchanges++
-        s.keysCompared += r.keysCompared
-        s.keysRepaired += r.repaired
-        s.bytes += r.bytes
-        if (r.clean) s.cleanSince.set(peer, started)
-        return r
-      }
-
-      // 1. Branches.
-      const mine1 = yield* engine.tree(partition)
-      const r1 = (yield* ask(peer, { t: "aae-branches", partition })) as { hashes: Uint8Array; counts: Uint8Array }
-      roundTrips++
-      bytes += 16 + r1.hashes.length + r1.counts.length
-      const theirs1 = u32(r1.hashes)
-      const theirCounts = u32(r1.counts)
-      if (theirs1.length !== BRANCHES || theirCounts.length !== BRANCHES) return yield* Effect.fail(new Error(`${peer} sent a tree of ${theirs1.length} branches`))
-      const differ1: number[] = []
-      for (let b = 0; b < BRANCHES; b++) if (mine1.hashes[b] !== theirs1[b]) differ1.push(b)
-      if (differ1.length === 0) return result({})
-
-      // 2. The second look, with the children of what differed.
-      yield* Effect.sleep(config.confirmDelayMs)
-      const nodes: Subtree[] = differ1.map((b) => ({ branch: b, bits: childWidthBits(Math.max(mine1.counts[b]!, theirCounts[b]!)) }))
-      const r2 = (yield* ask(peer, { t: "aae-children", partition, nodes })) as { nodes: ReadonlyArray<{ branch: number; hash: number; children: Uint8Array }> }
-      roundTrips++
-      bytes += 16 + nodes.length * 4
-      const mine2 = yield* engine.tree(partition)
-      const entries = yield* engine.partitionHashes(partition)
-      const myKids = children(entries, nodes)
-      const leaves: Array<Subtree & { child: number }> = []
-      const bitsOf = new Map(nodes.map((n) => [n.branch, n.bits]))
-      for (const n of r2.nodes) {
-        bytes += 8 + n.children.length
-        if (mine2.hashes[n.branch] === n.hash) continue // equal at the second look: in flight
-        const bits = bitsOf.get(n.branch)
-        const mineK = myKids.get(n.branch)
-        if (bits === undefined || mineK === undefined) continue
-        const theirsK = u32(n.children)
-        for (let c = 0; c < mineK.length; c++) if (mineK[c] !== theirsK[c]) leaves.push({ branch: n.branch, bits, child: c })
-      }
-      if (leaves.length === 0) return result({ roundTrips })
-
-      // 3. Key lists of the differing children.
-      const r3 = (yield* ask(peer, { t: "aae-keys", partition, nodes: leaves })) as { keys: ReadonlyArray<string>; hashes: Uint8Array }
-      roundTrips++
-      bytes += 16 + leaves.length * 12 + r3.hashes.length + r3.keys.reduce((n, k) => n + k.length + 2, 0)
-      const theirKeys = new Map<string, number>()
-      const th = u32(r3.hashes)
-      r3.keys.forEach((k, i) => theirKeys.set(k, th[i]!))
-      const wanted = new Set(leaves.map((l) => l.branch * 1024 + l.child))
-      const myKeys = new Map<string, number>()
-      for (const e of entries) {
-        const b = branchOf(e.h)
-        const bits = bitsOf.get(b)
-        if (bits !== undefined && wanted.has(b * 1024 + childOf(e.h, bits))) myKeys.set(e.key, e.hash)
-      }
-      const differing: string[] = []
-      for (const [k, h] of myKeys) if (theirKeys.get(k) !== h) differing.push(k)
-      for (const k of theirKeys.keys()) if (!myKeys.has(k)) differing.push(k)
-      const keysCompared = myKeys.size + theirKeys.size
-      if (differing.length === 0) return result({ roundTrips, keysCompared })
-
-      // 4. Repair both ways, through the merge.
-      const batch = differing.slice(0, config.maxRepairs)
-      const records: Array<{ key: string; object: Uint8Array | null }> = []
-      for (const key of batch) {
-        const mine = yield* local(key)
-        const object = mine === undefined ? null : objectBytes(mine)
-        const theyLack = !theirKeys.has(key)
-        records.push({ key, object: object !== null && theyLack && oldTombstone(object, mine!.timestamp) ? null : object })
-      }
-      const r4 = (yield* ask(peer, { t: "aae-sync", partition, records })) as { records: ReadonlyArray<{ key: string; object: Uint8Array | null }> }
-      bytes += records.reduce((n, r) => n + r.key.length + (r.object?.length ?? 0) + 4, 0)
-      for (const r of r4.records) {
-        bytes += r.key.length + (r.object?.length ?? 0) + 4
-        if (r.object === null) continue
-        const o = decodeObject(r.object)
-        if (o === undefined) continue
-        yield* Effect.mapError(replica.merge(r.key, o), (e) => new Error(e.message))
-      }
-      const clean = differing.length <= config.maxRepairs
-      return result({ roundTrips, keysCompared, differing: differing.length, repaired: batch.length, clean })
-    })
+  const exchangeWith = (partition: number, peer: string): Effect.Effect<ExchangeResult & { readonly peer: string }, Error> =>
+    exchange(deps, ask(peer), partition).pipe(Effect.map((r) => {
+      const s = statsOf(partition)
+      s.lastExchange = now()
+      s.lastPeer = peer
+      s.exchanges++
+      s.keysCompared += r.keysCompared
+      s.keysRepaired += r.repaired
+      s.bytes += r.bytes
+      if (r.clean) s.cleanSince.set(peer, r.started)
+      return { ...r, peer }
+    }))
 
   const inWindow = (): boolean => {
     const w = config.window
@@ -366,7 +168,7 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
     for (let p = 0; p < q; p++) for (const peer of peersOf(p)) if (membership.status(peer) === "up") pairs.push([p, peer])
     if (pairs.length === 0) return config.intervalMs
     const [p, peer] = pairs[cursor++ % pairs.length]!
-    const r = yield* exchange(p, peer).pipe(
+    const r = yield* exchangeWith(p, peer).pipe(
       Effect.tapError((e) => Effect.logDebug(`anti-entropy: partition ${p} with ${peer}: ${e.message}`)),
       Effect.option
     )
@@ -388,8 +190,8 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   }).pipe(Effect.forkScoped)
 
   return AntiEntropy.of({
-    handle,
-    exchange,
+    handle: (_from, msg) => answer(deps, msg),
+    exchange: exchangeWith,
     status: () => {
       const q = membership.ring().partitions
       const out: PartitionAae[] = []
