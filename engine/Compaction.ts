@@ -18,11 +18,13 @@
  * before every output has been checked against the manifest. In a running engine an error
  * after 3 makes the log fail-stop: the next start finishes the work.
  *
- * Tombstones: one is dropped only if it is older than the grace period, no segment outside
- * this compaction could hold an older record of its key (every such segment starts at a
- * higher LSN), and some newer record survives outside it, so the highest LSN is never lost.
- * Otherwise it is copied like a live record. This avoids Bitcask #82 (a partial merge that
- * dropped a tombstone resurrected the deleted value from an older file).
+ * Tombstones: one is dropped only if its record is no newer than its partition's cutoff
+ * (`reapBefore`, asked once per partition when the compaction starts; by default the grace
+ * period), no segment outside this compaction could hold an older record of its key (every
+ * such segment starts at a higher LSN), and some newer record survives outside it, so the
+ * highest LSN is never lost. Otherwise it is copied like a live record. This avoids Bitcask
+ * #82 (a partial merge that dropped a tombstone resurrected the deleted value from an older
+ * file); the cutoff is how the node keeps a tombstone until every replica holds it.
  */
 import * as path from "node:path"
 import { crc32 } from "node:zlib"
@@ -114,7 +116,9 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
   const outside = [...log.segments.values()].filter((s) => !inputSet.has(s.id) && s.maxLsn >= 0)
   const oldestOutside = Math.min(...outside.map((s) => s.minLsn))
   const newerSurvives = outside.length > 0
-  const graceEnd = log.config.now() - log.config.tombstoneGraceMs
+  const tombstoned = new Set<number>()
+  for (const r of live) if (r.tombstone) tombstoned.add(r.partition)
+  const cutoffs = reapCutoffs(log, tombstoned)
   const inputsThrough = Math.max(...inputs.map((s) => s.maxLsn))
 
   const outs: Out[] = []
@@ -180,7 +184,7 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
         forget.push(rec)
         continue
       }
-      if (rec.tombstone && newerSurvives && oldestOutside > rec.lsn && timestampAt(raw, 0) <= graceEnd) {
+      if (rec.tombstone && newerSurvives && oldestOutside > rec.lsn && timestampAt(raw, 0) <= cutoffs.get(rec.partition)!) {
         dropped++
         forget.push(rec)
         continue
@@ -275,6 +279,28 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
     log.failStop(`compaction failed after its commit point (${(e as Error)?.message ?? String(e)}); restart the node to finish it`)
     throw e
   }
+}
+
+/**
+ * The tombstone cutoff of each of `partitions` for one compaction: `reapBefore` (by default
+ * the grace period) asked once per partition when the compaction starts, so one compaction
+ * applies one rule throughout. A cutoff that is not a number, or a `reapBefore` that throws,
+ * keeps the partition's tombstones.
+ */
+export const reapCutoffs = (log: Log, partitions: Iterable<number>): ReadonlyMap<number, number> => {
+  const { reapBefore, tombstoneGraceMs } = log.config
+  const graceEnd = log.config.now() - tombstoneGraceMs
+  const out = new Map<number, number>()
+  for (const p of partitions) {
+    let c: unknown
+    try {
+      c = reapBefore === undefined ? graceEnd : reapBefore(p)
+    } catch {
+      c = -Infinity
+    }
+    out.set(p, typeof c === "number" && !Number.isNaN(c) ? c : -Infinity)
+  }
+  return out
 }
 
 /** A record that fails its checks may be of a newer format: never treated as damage and dropped. */

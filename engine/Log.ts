@@ -56,6 +56,13 @@ export interface LogConfig {
   readonly compactSmallBytes: number
   /** Tombstones younger than this are never dropped, so replicas can learn of the delete (live). */
   readonly tombstoneGraceMs: number
+  /**
+   * Per partition, the newest record timestamp (ms) at which a tombstone of that partition may
+   * be dropped; -Infinity keeps them all. Asked once per partition per compaction. Absent:
+   * `now() - tombstoneGraceMs` for every partition. The node sets it so that a tombstone goes
+   * only once every replica holds it (live).
+   */
+  readonly reapBefore?: ((partition: number) => number) | undefined
   /** Compaction copies at most this many bytes per second (0: no limit) (live). */
   readonly compactBytesPerSecond: number
   /** The partition of a key, for records of format 1, which do not carry one. */
@@ -690,7 +697,7 @@ export class Log {
   // ---- life cycle ----------------------------------------------------------------------
 
   /** Settings that can change on an open log. */
-  reconfigure(patch: Partial<Pick<LogConfig, "maxValueBytes" | "maxMetaBytes" | "maxPendingBytes" | "compactDeadRatio" | "compactDeadBytes" | "compactSmallBytes" | "tombstoneGraceMs" | "compactBytesPerSecond">>): void {
+  reconfigure(patch: Partial<Pick<LogConfig, "maxValueBytes" | "maxMetaBytes" | "maxPendingBytes" | "compactDeadRatio" | "compactDeadBytes" | "compactSmallBytes" | "tombstoneGraceMs" | "reapBefore" | "compactBytesPerSecond">>): void {
     this.config = withinFormat({ ...this.config, ...patch })
   }
 
