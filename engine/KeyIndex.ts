@@ -42,6 +42,12 @@ export class KeyIndex {
   private used = 0
   /** The anti-entropy trees of the keys indexed here. */
   readonly trees = new Trees()
+  /** Whether the trees are kept (off only to measure what keeping them costs). */
+  private readonly track: boolean
+
+  constructor(options: { readonly trees?: boolean } = {}) {
+    this.track = options.trees ?? true
+  }
 
   get size(): number {
     return this.map.size
@@ -117,14 +123,14 @@ export class KeyIndex {
   /** Sets the location of `key` unconditionally. */
   set(key: string, segment: number, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): void {
     let s = this.map.get(key)
-    const h = keyHash(key)
+    const h = this.track ? keyHash(key) : 0
     if (s === undefined) {
       s = this.newSlot(key, partition)
       this.info[s] = partition
-    } else {
+    } else if (this.track) {
       this.trees.change(this.info[s]! & 0xffff, h, contribution(this.hHi[s]!, this.hLo[s]!), -1)
     }
-    this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
+    if (this.track) this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
   }
 
@@ -165,9 +171,11 @@ export class KeyIndex {
       this.replacedHashHi = this.hHi[s]!
       this.replacedHashLo = this.hLo[s]!
     }
-    const h = keyHash(key)
-    if (this.replacedSegment >= 0) this.trees.change(this.info[s]! & 0xffff, h, contribution(this.replacedHashHi, this.replacedHashLo), -1)
-    this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
+    if (this.track) {
+      const h = keyHash(key)
+      if (this.replacedSegment >= 0) this.trees.change(this.info[s]! & 0xffff, h, contribution(this.replacedHashHi, this.replacedHashLo), -1)
+      this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
+    }
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
     return true
   }
@@ -177,7 +185,7 @@ export class KeyIndex {
     const s = this.map.get(key)
     if (s === undefined) return false
     this.map.delete(key)
-    this.trees.change(this.info[s]! & 0xffff, keyHash(key), contribution(this.hHi[s]!, this.hLo[s]!), -1)
+    if (this.track) this.trees.change(this.info[s]! & 0xffff, keyHash(key), contribution(this.hHi[s]!, this.hLo[s]!), -1)
     this.perPartition[this.info[s]! & 0xffff]!--
     this.free.push(s)
     return true

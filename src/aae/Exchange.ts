@@ -6,7 +6,7 @@
  */
 import { Effect, Option } from "effect"
 import type { Engine } from "../../engine/Engine.ts"
-import { BRANCHES, branchOf, childOf, children, childWidthBits, type Subtree } from "../../engine/TictacTree.ts"
+import { BRANCHES, branchOf, childOf, children, childWidthBits, type KeyHash, type Subtree } from "../../engine/TictacTree.ts"
 import type { Replica } from "../replica/Replica.ts"
 import { allDeleted, decodeObject, objectBytes } from "../versions/Sibling.ts"
 
@@ -28,22 +28,34 @@ export interface ExchangeDeps {
 /** Sends a message to the other replica and returns its reply (an `aae-err` reply is a failure). */
 export type Ask = (msg: AaeMessage) => Effect.Effect<unknown, Error>
 
-/** Internode messages of anti-entropy (validated by `isAaeMessage`). */
+/**
+ * Internode messages of anti-entropy (validated by `isAaeMessage`). Node lists travel packed
+ * in bytes, 4 per node, since a 1% divergence asks for thousands of them:
+ *  - `aae-branches`: the asker's root; the answer is `equal`, or the 1024 branch hashes.
+ *  - `aae-children`: per branch, `branch << 20 | min(asker's keys in it, 2^20 - 1)`; the
+ *    answerer picks the width from the larger key count (`childWidthBits`) and answers
+ *    per branch its current hash, the width, and the children hashes, concatenated.
+ *  - `aae-keys`: per child, `branch << 14 | bits << 10 | child`; the answer lists the keys
+ *    under those children with their contributions.
+ *  - `aae-sync`: the asker's objects for the keys to repair (null where it has none); the
+ *    answerer merges them and answers with its own objects for the same keys.
+ */
 export type AaeMessage =
-  | { readonly t: "aae-branches"; readonly partition: number }
-  | { readonly t: "aae-children"; readonly partition: number; readonly nodes: ReadonlyArray<Subtree> }
-  | { readonly t: "aae-keys"; readonly partition: number; readonly nodes: ReadonlyArray<Subtree & { readonly child: number }> }
+  | { readonly t: "aae-branches"; readonly partition: number; readonly root: number }
+  | { readonly t: "aae-children"; readonly partition: number; readonly nodes: Uint8Array }
+  | { readonly t: "aae-keys"; readonly partition: number; readonly leaves: Uint8Array }
   | { readonly t: "aae-sync"; readonly partition: number; readonly records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array | null }> }
 
-const MAX_NODES = BRANCHES * 4
 const MAX_SYNC = 10_000
+/** A request names at most every child of every branch. */
+const MAX_LEAVES = BRANCHES * 1024
 
 const isPartition = (p: unknown): p is number => Number.isInteger(p) && (p as number) >= 0 && (p as number) <= 0xffff
-const isSubtree = (n: unknown): n is Subtree => {
-  const x = n as Record<string, unknown> | null
-  return typeof x === "object" && x !== null && Number.isInteger(x.branch) && (x.branch as number) >= 0 && (x.branch as number) < BRANCHES &&
-    Number.isInteger(x.bits) && (x.bits as number) >= 0 && (x.bits as number) <= 10
-}
+const isU32s = (b: unknown, max: number): b is Uint8Array => b instanceof Uint8Array && b.length % 4 === 0 && b.length / 4 <= max
+
+/** A child request packed as `branch << 14 | bits << 10 | child`. */
+const packLeaf = (branch: number, bits: number, child: number): number => ((branch << 14) | (bits << 10) | child) >>> 0
+const unpackLeaf = (x: number): { branch: number; bits: number; child: number } => ({ branch: x >>> 14, bits: (x >>> 10) & 0xf, child: x & 0x3ff })
 
 /** Whether an untrusted payload is an anti-entropy message. */
 export const isAaeMessage = (m: unknown): m is AaeMessage => {
@@ -51,12 +63,18 @@ export const isAaeMessage = (m: unknown): m is AaeMessage => {
   if (typeof x !== "object" || x === null || !isPartition(x.partition)) return false
   switch (x.t) {
     case "aae-branches":
-      return true
+      return Number.isInteger(x.root) && (x.root as number) >= 0 && (x.root as number) <= 0xffff_ffff
     case "aae-children":
-      return Array.isArray(x.nodes) && x.nodes.length <= MAX_NODES && x.nodes.every(isSubtree)
-    case "aae-keys":
-      return Array.isArray(x.nodes) && x.nodes.length <= MAX_NODES * 1024 &&
-        x.nodes.every((n: Record<string, unknown>) => isSubtree(n) && Number.isInteger(n.child) && (n.child as number) >= 0 && (n.child as number) < 1 << (n.bits as number))
+      return isU32s(x.nodes, BRANCHES)
+    case "aae-keys": {
+      if (!isU32s(x.leaves, MAX_LEAVES)) return false
+      const v = u32(x.leaves)
+      for (let i = 0; i < v.length; i++) {
+        const l = unpackLeaf(v[i]!)
+        if (l.branch >= BRANCHES || l.bits > 10 || l.child >= 1 << l.bits) return false
+      }
+      return true
+    }
     case "aae-sync":
       return Array.isArray(x.records) && x.records.length <= MAX_SYNC &&
         x.records.every((r: Record<string, unknown>) => typeof r?.key === "string" && (r.object === null || r.object instanceof Uint8Array))
@@ -71,6 +89,7 @@ export interface ExchangeResult {
   /** When it started (ms since the epoch): a clean exchange means the peer holds what this node held then. */
   readonly started: number
   readonly roundTrips: number
+  /** Payload bytes both ways, values and keys as sent (framing not counted). */
   readonly bytes: number
   readonly keysCompared: number
   readonly differing: number
@@ -78,10 +97,11 @@ export interface ExchangeResult {
   readonly clean: boolean
 }
 
-const u32 = (b: Uint8Array): Uint32Array => {
-  const copy = new Uint8Array(b.length)
-  copy.set(b)
-  return new Uint32Array(copy.buffer, 0, b.length >> 2)
+/** A little-endian u32 view of (a copy of) bytes: msgpack may hand out unaligned views. */
+function u32(b: Uint8Array): Uint32Array {
+  const copy = new Uint8Array(b.length - (b.length % 4))
+  copy.set(b.subarray(0, copy.length))
+  return new Uint32Array(copy.buffer)
 }
 const bytesOf = (a: Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
 
@@ -95,146 +115,173 @@ const oldTombstone = (deps: ExchangeDeps, object: Uint8Array, timestamp: number)
   return o !== undefined && allDeleted(o) && timestamp + deps.config.tombstoneGraceMs <= deps.now()
 }
 
+const rootOf = (hashes: Uint32Array): number => {
+  let r = 0
+  for (let i = 0; i < hashes.length; i++) r ^= hashes[i]!
+  return r >>> 0
+}
+
+/** The entries under the given children (`want`: branch * 1024 + child, `bitsOf`: width per branch). */
+const under = (entries: ReadonlyArray<KeyHash & { readonly h: number }>, bitsOf: ReadonlyMap<number, number>, want: ReadonlySet<number>) => {
+  const out = new Map<string, number>()
+  for (const e of entries) {
+    const b = branchOf(e.h)
+    const bits = bitsOf.get(b)
+    if (bits !== undefined && want.has(b * 1024 + childOf(e.h, bits))) out.set(e.key, e.hash)
+  }
+  return out
+}
+
 /** Answers an exchange message from another replica (errors become an `aae-err` reply). */
 export const answer = (deps: ExchangeDeps, msg: AaeMessage): Effect.Effect<unknown> => {
-    const { engine, replica } = deps
-    const reply: Effect.Effect<unknown, unknown> = Effect.gen(function*() {
-      switch (msg.t) {
-        case "aae-branches": {
-          const t = yield* engine.tree(msg.partition)
-          return { t: "aae-branches", hashes: bytesOf(t.hashes), counts: bytesOf(t.counts) }
-        }
-        case "aae-children": {
-          const t = yield* engine.tree(msg.partition)
-          const kids = children(yield* engine.partitionHashes(msg.partition), msg.nodes)
-          return {
-            t: "aae-children",
-            nodes: msg.nodes.map((n) => ({ branch: n.branch, hash: t.hashes[n.branch]!, children: bytesOf(kids.get(n.branch)!) }))
-          }
-        }
-        case "aae-keys": {
-          const want = new Set(msg.nodes.map((n) => n.branch * 1024 + n.child))
-          const bits = new Map(msg.nodes.map((n) => [n.branch, n.bits]))
-          const keys: string[] = []
-          const hashes: number[] = []
-          for (const e of yield* engine.partitionHashes(msg.partition)) {
-            const b = branchOf(e.h)
-            const k = bits.get(b)
-            if (k !== undefined && want.has(b * 1024 + childOf(e.h, k))) {
-              keys.push(e.key)
-              hashes.push(e.hash)
-            }
-          }
-          return { t: "aae-keys", keys, hashes: bytesOf(Uint32Array.from(hashes)) }
-        }
-        case "aae-sync": {
-          const out: Array<{ key: string; object: Uint8Array | null }> = []
-          for (const r of msg.records) {
-            if (r.object !== null) {
-              const o = decodeObject(r.object)
-              if (o !== undefined) yield* replica.merge(r.key, o)
-            }
-            const mine = yield* local(engine, r.key)
-            const bytes = mine === undefined ? null : objectBytes(mine)
-            // A tombstone past its grace is not sent to a replica that never had the key (or
-            // reaped it): that would only bring back what reaping removed.
-            out.push({ key: r.key, object: bytes !== null && r.object === null && oldTombstone(deps, bytes, mine!.timestamp) ? null : bytes })
-          }
-          return { t: "aae-sync", records: out }
-        }
+  const { engine, replica } = deps
+  const reply: Effect.Effect<unknown, unknown> = Effect.gen(function*() {
+    switch (msg.t) {
+      case "aae-branches": {
+        const t = yield* engine.tree(msg.partition)
+        return rootOf(t.hashes) === msg.root ? { t: "aae-branches", equal: true } : { t: "aae-branches", hashes: bytesOf(t.hashes) }
       }
-    })
-    return reply.pipe(Effect.catch((e: unknown) => Effect.succeed({ t: "aae-err", message: String((e as Error)?.message ?? e) })))
-  }
+      case "aae-children": {
+        const t = yield* engine.tree(msg.partition)
+        const asked = u32(msg.nodes)
+        const nodes: Subtree[] = []
+        for (let i = 0; i < asked.length; i++) {
+          const branch = asked[i]! >>> 20
+          nodes.push({ branch, bits: childWidthBits(Math.max(asked[i]! & 0xfffff, t.counts[branch]!)) })
+        }
+        const kids = children(yield* engine.partitionHashes(msg.partition), nodes)
+        const hashes = new Uint32Array(nodes.length)
+        const bits = new Uint8Array(nodes.length)
+        const all = new Uint32Array(nodes.reduce((n, x) => n + (1 << x.bits), 0))
+        let at = 0
+        nodes.forEach((n, i) => {
+          hashes[i] = t.hashes[n.branch]!
+          bits[i] = n.bits
+          all.set(kids.get(n.branch)!, at)
+          at += 1 << n.bits
+        })
+        return { t: "aae-children", hashes: bytesOf(hashes), bits, children: bytesOf(all) }
+      }
+      case "aae-keys": {
+        const leaves = [...u32(msg.leaves)].map(unpackLeaf)
+        const mine = under(yield* engine.partitionHashes(msg.partition), new Map(leaves.map((l) => [l.branch, l.bits])), new Set(leaves.map((l) => l.branch * 1024 + l.child)))
+        return { t: "aae-keys", keys: [...mine.keys()], hashes: bytesOf(Uint32Array.from(mine.values())) }
+      }
+      case "aae-sync": {
+        const out: Array<{ key: string; object: Uint8Array | null }> = []
+        for (const r of msg.records) {
+          if (r.object !== null) {
+            const o = decodeObject(r.object)
+            if (o !== undefined) yield* replica.merge(r.key, o)
+          }
+          const mine = yield* local(engine, r.key)
+          const bytes = mine === undefined ? null : objectBytes(mine)
+          // A tombstone past its grace is not sent to a replica that never had the key (or
+          // reaped it): that would only bring back what reaping removed.
+          out.push({ key: r.key, object: bytes !== null && r.object === null && oldTombstone(deps, bytes, mine!.timestamp) ? null : bytes })
+        }
+        return { t: "aae-sync", records: out }
+      }
+    }
+  })
+  return reply.pipe(Effect.catch((e: unknown) => Effect.succeed({ t: "aae-err", message: String((e as Error)?.message ?? e) })))
+}
 
-  // ---- the asking side -----------------------------------------------------------------
+const lied = (what: string) => Effect.fail(new Error(`the peer's ${what} is malformed`))
 
 /**
- * Runs one exchange of `partition` against the replica `ask` reaches (see the module
- * comment for the steps); `bytes` counts the payloads both ways.
+ * Runs one exchange of `partition` against the replica `ask` reaches (see AntiEntropy.ts
+ * for the steps). A malformed answer fails the exchange and changes nothing.
  */
 export const exchange = (deps: ExchangeDeps, ask: Ask, partition: number): Effect.Effect<ExchangeResult, Error> =>
-    Effect.gen(function*() {
-      const { engine, replica, config } = deps
-      const started = deps.now()
-      let bytes = 0
-      let roundTrips = 0
-      const result = (over: Partial<ExchangeResult>): ExchangeResult =>
-        ({ partition, started, roundTrips, bytes, keysCompared: 0, differing: 0, repaired: 0, clean: true, ...over })
+  Effect.gen(function*() {
+    const { engine, replica, config } = deps
+    const started = deps.now()
+    let bytes = 0
+    let roundTrips = 0
+    const result = (over: Partial<ExchangeResult>): ExchangeResult =>
+      ({ partition, started, roundTrips, bytes, keysCompared: 0, differing: 0, repaired: 0, clean: true, ...over })
 
-      // 1. Branches.
-      const mine1 = yield* engine.tree(partition)
-      const r1 = (yield* ask({ t: "aae-branches", partition })) as { hashes: Uint8Array; counts: Uint8Array }
-      roundTrips++
-      bytes += 16 + r1.hashes.length + r1.counts.length
-      const theirs1 = u32(r1.hashes)
-      const theirCounts = u32(r1.counts)
-      if (theirs1.length !== BRANCHES || theirCounts.length !== BRANCHES) return yield* Effect.fail(new Error(`the peer sent a tree of ${theirs1.length} branches`))
-      const differ1: number[] = []
-      for (let b = 0; b < BRANCHES; b++) if (mine1.hashes[b] !== theirs1[b]) differ1.push(b)
-      if (differ1.length === 0) return result({})
+    // 1. Branches (or only the root, when the roots agree).
+    const mine1 = yield* engine.tree(partition)
+    const r1 = (yield* ask({ t: "aae-branches", partition, root: rootOf(mine1.hashes) })) as { equal?: boolean; hashes?: Uint8Array }
+    roundTrips++
+    bytes += 8
+    if (r1.equal === true) return result({ bytes })
+    if (!(r1.hashes instanceof Uint8Array) || r1.hashes.length !== BRANCHES * 4) return yield* lied("branch list")
+    bytes += r1.hashes.length
+    const theirs1 = u32(r1.hashes)
+    const differ1: number[] = []
+    for (let b = 0; b < BRANCHES; b++) if (mine1.hashes[b] !== theirs1[b]) differ1.push(b)
+    if (differ1.length === 0) return result({ bytes })
 
-      // 2. The second look, with the children of what differed.
-      yield* Effect.sleep(config.confirmDelayMs)
-      const nodes: Subtree[] = differ1.map((b) => ({ branch: b, bits: childWidthBits(Math.max(mine1.counts[b]!, theirCounts[b]!)) }))
-      const r2 = (yield* ask({ t: "aae-children", partition, nodes })) as { nodes: ReadonlyArray<{ branch: number; hash: number; children: Uint8Array }> }
-      roundTrips++
-      bytes += 16 + nodes.length * 4
-      const mine2 = yield* engine.tree(partition)
-      const entries = yield* engine.partitionHashes(partition)
-      const myKids = children(entries, nodes)
-      const leaves: Array<Subtree & { child: number }> = []
-      const bitsOf = new Map(nodes.map((n) => [n.branch, n.bits]))
-      for (const n of r2.nodes) {
-        bytes += 8 + n.children.length
-        if (mine2.hashes[n.branch] === n.hash) continue // equal at the second look: in flight
-        const bits = bitsOf.get(n.branch)
-        const mineK = myKids.get(n.branch)
-        if (bits === undefined || mineK === undefined) continue
-        const theirsK = u32(n.children)
-        for (let c = 0; c < mineK.length; c++) if (mineK[c] !== theirsK[c]) leaves.push({ branch: n.branch, bits, child: c })
+    // 2. The second look, with the children of what differed.
+    yield* Effect.sleep(config.confirmDelayMs)
+    const asked = Uint32Array.from(differ1, (b) => ((b << 20) | Math.min(mine1.counts[b]!, 0xfffff)) >>> 0)
+    const r2 = (yield* ask({ t: "aae-children", partition, nodes: bytesOf(asked) })) as { hashes?: Uint8Array; bits?: Uint8Array; children?: Uint8Array }
+    roundTrips++
+    if (!(r2.hashes instanceof Uint8Array) || !(r2.bits instanceof Uint8Array) || !(r2.children instanceof Uint8Array) ||
+      r2.hashes.length !== differ1.length * 4 || r2.bits.length !== differ1.length || r2.bits.some((b) => b > 10) ||
+      r2.children.length !== r2.bits.reduce((n, b) => n + (1 << b), 0) * 4) return yield* lied("children list")
+    bytes += asked.byteLength + r2.hashes.length + r2.bits.length + r2.children.length
+    const mine2 = yield* engine.tree(partition)
+    const entries = yield* engine.partitionHashes(partition)
+    const nodes: Subtree[] = differ1.map((branch, i) => ({ branch, bits: r2.bits![i]! }))
+    const myKids = children(entries, nodes)
+    const theirHashes = u32(r2.hashes)
+    const theirKids = u32(r2.children)
+    const leaves: number[] = []
+    let at = 0
+    nodes.forEach((n, i) => {
+      const width = 1 << n.bits
+      // Equal at the second look: the difference was a write in flight.
+      if (mine2.hashes[n.branch] !== theirHashes[i]) {
+        const mineK = myKids.get(n.branch)!
+        for (let c = 0; c < width; c++) if (mineK[c] !== theirKids[at + c]) leaves.push(packLeaf(n.branch, n.bits, c))
       }
-      if (leaves.length === 0) return result({ roundTrips })
-
-      // 3. Key lists of the differing children.
-      const r3 = (yield* ask({ t: "aae-keys", partition, nodes: leaves })) as { keys: ReadonlyArray<string>; hashes: Uint8Array }
-      roundTrips++
-      bytes += 16 + leaves.length * 12 + r3.hashes.length + r3.keys.reduce((n, k) => n + k.length + 2, 0)
-      const theirKeys = new Map<string, number>()
-      const th = u32(r3.hashes)
-      r3.keys.forEach((k, i) => theirKeys.set(k, th[i]!))
-      const wanted = new Set(leaves.map((l) => l.branch * 1024 + l.child))
-      const myKeys = new Map<string, number>()
-      for (const e of entries) {
-        const b = branchOf(e.h)
-        const bits = bitsOf.get(b)
-        if (bits !== undefined && wanted.has(b * 1024 + childOf(e.h, bits))) myKeys.set(e.key, e.hash)
-      }
-      const differing: string[] = []
-      for (const [k, h] of myKeys) if (theirKeys.get(k) !== h) differing.push(k)
-      for (const k of theirKeys.keys()) if (!myKeys.has(k)) differing.push(k)
-      const keysCompared = myKeys.size + theirKeys.size
-      if (differing.length === 0) return result({ roundTrips, keysCompared })
-
-      // 4. Repair both ways, through the merge.
-      const batch = differing.slice(0, config.maxRepairs)
-      const records: Array<{ key: string; object: Uint8Array | null }> = []
-      for (const key of batch) {
-        const mine = yield* local(engine, key)
-        const object = mine === undefined ? null : objectBytes(mine)
-        const theyLack = !theirKeys.has(key)
-        records.push({ key, object: object !== null && theyLack && oldTombstone(deps, object, mine!.timestamp) ? null : object })
-      }
-      const r4 = (yield* ask({ t: "aae-sync", partition, records })) as { records: ReadonlyArray<{ key: string; object: Uint8Array | null }> }
-      bytes += records.reduce((n, r) => n + r.key.length + (r.object?.length ?? 0) + 4, 0)
-      for (const r of r4.records) {
-        bytes += r.key.length + (r.object?.length ?? 0) + 4
-        if (r.object === null) continue
-        const o = decodeObject(r.object)
-        if (o === undefined) continue
-        yield* Effect.mapError(replica.merge(r.key, o), (e) => new Error(e.message))
-      }
-      const clean = differing.length <= config.maxRepairs
-      return result({ roundTrips, keysCompared, differing: differing.length, repaired: batch.length, clean })
+      at += width
     })
+    if (leaves.length === 0) return result({ roundTrips, bytes })
 
+    // 3. Key lists of the differing children.
+    const leafBytes = bytesOf(Uint32Array.from(leaves))
+    const r3 = (yield* ask({ t: "aae-keys", partition, leaves: leafBytes })) as { keys?: ReadonlyArray<unknown>; hashes?: Uint8Array }
+    roundTrips++
+    if (!Array.isArray(r3.keys) || !r3.keys.every((k) => typeof k === "string") || !(r3.hashes instanceof Uint8Array) || r3.hashes.length !== r3.keys.length * 4) {
+      return yield* lied("key list")
+    }
+    const theirKeyList = r3.keys as ReadonlyArray<string>
+    bytes += leafBytes.length + r3.hashes.length + theirKeyList.reduce((n, k) => n + Buffer.byteLength(k), 0)
+    const theirKeys = new Map<string, number>()
+    const th = u32(r3.hashes)
+    theirKeyList.forEach((k, i) => theirKeys.set(k, th[i]!))
+    const unpacked = leaves.map(unpackLeaf)
+    const myKeys = under(entries, new Map(unpacked.map((l) => [l.branch, l.bits])), new Set(unpacked.map((l) => l.branch * 1024 + l.child)))
+    const differing: string[] = []
+    for (const [k, h] of myKeys) if (theirKeys.get(k) !== h) differing.push(k)
+    for (const k of theirKeys.keys()) if (!myKeys.has(k)) differing.push(k)
+    const keysCompared = myKeys.size + theirKeys.size
+    if (differing.length === 0) return result({ roundTrips, bytes, keysCompared })
+
+    // 4. Repair both ways, through the merge.
+    const batch = differing.slice(0, config.maxRepairs)
+    const records: Array<{ key: string; object: Uint8Array | null }> = []
+    for (const key of batch) {
+      const mine = yield* local(engine, key)
+      const object = mine === undefined ? null : objectBytes(mine)
+      const theyLack = !theirKeys.has(key)
+      records.push({ key, object: object !== null && theyLack && oldTombstone(deps, object, mine!.timestamp) ? null : object })
+    }
+    const r4 = (yield* ask({ t: "aae-sync", partition, records })) as { records?: ReadonlyArray<{ key?: unknown; object?: unknown }> }
+    if (!Array.isArray(r4.records) || r4.records.length !== batch.length ||
+      !r4.records.every((r, i) => r?.key === batch[i] && (r.object === null || r.object instanceof Uint8Array))) return yield* lied("repair answer")
+    bytes += records.reduce((n, r) => n + Buffer.byteLength(r.key) + (r.object?.length ?? 0), 0)
+    for (const r of r4.records as ReadonlyArray<{ key: string; object: Uint8Array | null }>) {
+      bytes += Buffer.byteLength(r.key) + (r.object?.length ?? 0)
+      if (r.object === null) continue
+      const o = decodeObject(r.object)
+      if (o === undefined) continue
+      yield* Effect.mapError(replica.merge(r.key, o), (e) => new Error(e.message))
+    }
+    return result({ roundTrips, bytes, keysCompared, differing: differing.length, repaired: batch.length, clean: differing.length <= config.maxRepairs })
+  })
