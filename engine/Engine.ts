@@ -171,29 +171,49 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
       let i = 0
       let bytes = 0
       const started = cfg.now()
+      // A page is read synchronously (a pread per key): at most PAGE records or PAGE_BYTES,
+      // and an event-loop turn before every page but the first.
       const PAGE = 256
-      const nextPage: Effect.Effect<readonly [ReadonlyArray<Entry>, Option.Option<void>], EngineError> = Effect.suspend(() => {
+      const PAGE_BYTES = 1024 * 1024
+      let first = true
+      const readPage: Effect.Effect<readonly [ReadonlyArray<Entry>, Option.Option<void>], EngineError> = Effect.suspend(() => {
         const page: Entry[] = []
+        let pageBytes = 0
         try {
-          while (page.length < PAGE && i < keys.length) {
+          while (page.length < PAGE && pageBytes < PAGE_BYTES && i < keys.length) {
             const e = log.read(keys[i++]!)
             // A key dropped or moved since the listing is not in this partition any more.
             if (e !== undefined && e.partition === partition) {
               page.push(e)
-              bytes += e.key.length + e.meta.length + e.value.length
+              pageBytes += e.key.length + e.meta.length + e.value.length
             }
           }
         } catch (e) {
           return Effect.fail(toError(e))
         }
+        bytes += pageBytes
         const done = i >= keys.length
         const ahead = rate > 0 ? (bytes / rate) * 1000 - (cfg.now() - started) : 0
         const out = Effect.succeed([page, done ? Option.none() : Option.some(undefined)] as const)
         return ahead > 1 ? Effect.delay(out, ahead) : out
       })
+      const nextPage = Effect.suspend(() => {
+        if (first) {
+          first = false
+          return readPage
+        }
+        return Effect.andThen(Effect.yieldNow, readPage)
+      })
       return { lsn, keys: keys.length, entries: Stream.paginate(undefined, () => nextPage) }
     })
 
+  /** Bytes of log one page of `changes` passes over at most (records delivered or skipped). */
+  const CHANGES_SCAN_BYTES = 1024 * 1024
+  /**
+   * Pages are read synchronously (LogCursor), each passing over at most CHANGES_SCAN_BYTES,
+   * with an event-loop turn before every page but the first: a reader far behind, or one
+   * that starts inside a large segment, never holds the loop for more than one page.
+   */
   const changes = (fromLsn: number, options?: StreamOptions): Stream.Stream<Entry, EngineError> =>
     Stream.suspend(() => {
       let cursor: LogCursor
@@ -208,15 +228,25 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
         if (log.isClosed || cursor.hasMore) resume(Effect.void)
         else log.onCommit(() => resume(Effect.void))
       })
-      const nextPage: Effect.Effect<readonly [ReadonlyArray<Entry>, Option.Option<void>], EngineError> = Effect.suspend(() => {
+      let first = true
+      const readNext: Effect.Effect<readonly [ReadonlyArray<Entry>, Option.Option<void>], EngineError> = Effect.suspend(() => {
         if (log.isClosed) return Effect.succeed([[], Option.none()] as const)
-        return Effect.try({ try: () => cursor.readPage(pageSize), catch: toError }).pipe(
+        return Effect.try({ try: () => cursor.readPage(pageSize, undefined, CHANGES_SCAN_BYTES), catch: toError }).pipe(
           Effect.flatMap((page) => {
             if (page.length > 0) return Effect.succeed([page, Option.some(undefined)] as const)
+            // Out of scan budget before a record of this page: more may follow, after a turn.
+            if (cursor.paused) return Effect.andThen(Effect.yieldNow, readNext)
             if (!follow) return Effect.succeed([[], Option.none()] as const)
-            return Effect.andThen(waitForCommit, nextPage)
+            return Effect.andThen(waitForCommit, readNext)
           })
         )
+      })
+      const nextPage = Effect.suspend(() => {
+        if (first) {
+          first = false
+          return readNext
+        }
+        return Effect.andThen(Effect.yieldNow, readNext)
       })
       return Stream.paginate(undefined, () => nextPage)
     })
