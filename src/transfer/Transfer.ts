@@ -17,13 +17,13 @@ import * as path from "node:path"
 import { Clock, Context, Effect, Layer, Schedule, Stream } from "effect"
 import { Engine } from "../../engine/Engine.ts"
 import { makeDirDurable } from "../../engine/Log.ts"
-import { writeFileDurable, type FilesApi } from "../../engine/Files.ts"
+import { writeFileDurableAsync, type FilesApi } from "../../engine/Files.ts"
 import { Membership } from "../membership/Membership.ts"
 import * as State from "../membership/ClusterState.ts"
 import { Replica } from "../replica/Replica.ts"
 import { preferenceList } from "../ring/Ring.ts"
 import { Transport } from "../transport/Transport.ts"
-import { decodeObject, objectBytes } from "../versions/Sibling.ts"
+import { decodeObject, objectBytes, type StoredObject } from "../versions/Sibling.ts"
 
 /** Transfer settings (concurrency and rate are live). */
 export interface TransferConfig {
@@ -81,6 +81,29 @@ export const isTransferMessage = (m: unknown): m is TransferMessage => {
   }
 }
 
+/** Records merged at once by `apply`: about one group commit's worth (the engine's maxBatchBytes is 4 MiB). */
+const APPLY_GROUP = 512
+const APPLY_GROUP_BYTES = 4 * 1024 * 1024
+
+/** Splits a page's records (as indices) into groups of at most APPLY_GROUP records or about APPLY_GROUP_BYTES. */
+export const groups = (records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>): number[][] => {
+  const out: number[][] = []
+  let cur: number[] = []
+  let bytes = 0
+  records.forEach((r, i) => {
+    const size = r.key.length + r.object.length
+    if (cur.length > 0 && (cur.length >= APPLY_GROUP || bytes + size > APPLY_GROUP_BYTES)) {
+      out.push(cur)
+      cur = []
+      bytes = 0
+    }
+    cur.push(i)
+    bytes += size
+  })
+  if (cur.length > 0) out.push(cur)
+  return out
+}
+
 interface Running {
   readonly task: State.TransferTask
   source: string
@@ -129,15 +152,24 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
 
   // ---- the source side -----------------------------------------------------------------
 
-  /** Sorted key lists per partition, reused across the pages of one snapshot. */
-  const sortedKeys = new Map<number, { readonly at: number; readonly keys: ReadonlyArray<string> }>()
+  /**
+   * Sorted key lists per partition, reused across the pages of one snapshot (listing walks
+   * the whole index, and sorting takes milliseconds more), each with the highest LSN
+   * committed before it was made: a snapshot served from a list answers that LSN, so the
+   * changes after it cover every key the list may miss, however old the list is.
+   */
+  const sortedKeys = new Map<number, { readonly at: number; readonly lsn: number; readonly keys: ReadonlyArray<string> }>()
   const keysOf = (partition: number) =>
     Effect.gen(function*() {
       const have = sortedKeys.get(partition)
-      if (have !== undefined && now() - have.at < 5_000) return have.keys
+      // Also listed anew once compaction passed its LSN: a snapshot from it could not be followed.
+      if (have !== undefined && now() - have.at < 5_000 && have.lsn + 1 >= (yield* engine.lowWatermark)) return have
+      for (const [p, l] of sortedKeys) if (now() - l.at >= 5_000) sortedKeys.delete(p)
+      const lsn = yield* committed
       const keys = [...(yield* engine.partitionKeys(partition))].sort()
-      sortedKeys.set(partition, { at: now(), keys })
-      return keys
+      const listed = { at: now(), lsn, keys }
+      sortedKeys.set(partition, listed)
+      return listed
     })
 
   /**
@@ -147,10 +179,12 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
    */
   const committed = Effect.map(engine.stats, (s) => s.lastLsn)
 
+  /** Keys read per event-loop turn while a page of a snapshot is gathered (a pread each). */
+  const READS_PER_TURN = 64
+
   const keysPage = (partition: number, after: string | null, limit: number) =>
     Effect.gen(function*() {
-      const lsn = (yield* committed) + 1
-      const keys = yield* keysOf(partition)
+      const { lsn, keys } = yield* keysOf(partition)
       // Binary search for the first key after the cursor.
       let lo = 0
       let hi = keys.length
@@ -164,10 +198,11 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
       const records: Array<{ key: string; object: Uint8Array }> = []
       let i = lo
       for (; i < keys.length && records.length < limit; i++) {
+        if (i > lo && (i - lo) % READS_PER_TURN === 0) yield* Effect.yieldNow
         const found = yield* replica.readEncoded(keys[i]!)
         if (found !== undefined) records.push({ key: keys[i]!, object: found.bytes })
       }
-      return { t: "xfer-page", records, lsn: lsn - 1, more: i < keys.length, total: keys.length } as TransferPage & { total: number }
+      return { t: "xfer-page", records, lsn, more: i < keys.length, total: keys.length } as TransferPage & { total: number }
     })
 
   const changesPage = (partition: number, from: number, limit: number) =>
@@ -211,8 +246,12 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
       return undefined
     }
   }
+  /** Off the event loop: a checkpoint per page would otherwise be a synchronous fsync each. */
   const saveCheckpoint = (taskId: string, source: string, c: Checkpoint) =>
-    writeFileDurable(config.files, checkpointFile(taskId, source), Buffer.from(JSON.stringify(c)))
+    Effect.tryPromise({
+      try: () => writeFileDurableAsync(config.files, checkpointFile(taskId, source), Buffer.from(JSON.stringify(c))),
+      catch: (e) => new Error(`saving the checkpoint of transfer ${taskId}: ${(e as Error)?.message ?? String(e)}`)
+    })
   const clearCheckpoints = (taskId: string) => {
     const prefix = `${taskId.replaceAll(":", "_")}_`
     for (const f of config.files.list(dir)) if (f.startsWith(prefix)) config.files.unlink(path.join(dir, f))
@@ -228,15 +267,25 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
       return r
     })
 
-  /** Merges a page into the local replica, paced by the node's byte rate. */
+  /**
+   * Merges a page into the local replica, paced by the node's byte rate; succeeds once every
+   * record of it is durable. The records are merged concurrently, in groups of at most
+   * APPLY_GROUP records or APPLY_GROUP_BYTES, so that a group shares one group commit (one
+   * after the other, a page of 500 cost 500 fdatasyncs). A key that occurs twice in a page
+   * (a changes page) is safe: merge takes the key's lock, and merging is commutative.
+   */
   const apply = (run: Running, page: TransferPage) =>
     Effect.gen(function*() {
       let bytes = 0
+      const decoded: Array<{ readonly key: string; readonly object: StoredObject }> = []
       for (const r of page.records) {
         const o = decodeObject(r.object)
         if (o === undefined) return yield* Effect.fail(new Error(`unreadable object for ${JSON.stringify(r.key)}`))
-        yield* replica.merge(r.key, o)
+        decoded.push({ key: r.key, object: o })
         bytes += r.object.length + r.key.length
+      }
+      for (const group of groups(page.records)) {
+        yield* Effect.forEach(group, (i) => replica.merge(decoded[i]!.key, decoded[i]!.object), { concurrency: APPLY_GROUP, discard: true })
       }
       run.keysSent += page.records.length
       run.lastProgress = now()
@@ -272,7 +321,7 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
           const lsn = cp.lsn < 0 ? page.lsn : cp.lsn
           const last = page.records.at(-1)?.key ?? cp.after
           cp = page.more ? { phase: "keys", after: last, lsn } : { phase: "changes", after: null, lsn: lsn + 1 }
-          saveCheckpoint(taskId, source, cp)
+          yield* saveCheckpoint(taskId, source, cp)
           continue
         }
         const seenBefore = allSeen(version)
@@ -282,12 +331,12 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
         if (page === undefined) {
           // Compaction removed history the pull had not read: take the snapshot again.
           cp = { phase: "keys", after: null, lsn: -1 }
-          saveCheckpoint(taskId, source, cp)
+          yield* saveCheckpoint(taskId, source, cp)
           continue
         }
         yield* apply(run, page)
         cp = { phase: "changes", after: null, lsn: page.lsn }
-        saveCheckpoint(taskId, source, cp)
+        yield* saveCheckpoint(taskId, source, cp)
         if (page.more) continue
         // Caught up. Done only if every member had adopted the move before this pass began.
         if (seenBefore) return
