@@ -18,8 +18,9 @@
  * tombstone reaping needs from that (Reaping.ts).
  *
  * Exchanges run one at a time, `intervalMs` apart, only inside the configured UTC window;
- * an exchange that hit `maxRepairs` is followed at once by another with the same peer, so a
- * wiped replica refills at the repair rate rather than one batch per interval.
+ * an exchange that hit `maxRepairs` is followed by another with the same peer as soon as
+ * `repairsPerSecond` allows, so a wiped replica refills at that rate rather than one batch
+ * per interval.
  */
 import { Clock, Context, Effect, Layer, Option } from "effect"
 import { Engine } from "../../engine/Engine.ts"
@@ -42,8 +43,17 @@ export interface AaeConfig {
   maxRepairs: number
   /** Delay between the two looks at the branches, ms. */
   confirmDelayMs: number
+  /** Most keys repaired per second while a replica is far behind (the pace of back-to-back exchanges). */
+  repairsPerSecond: number
   /** Tombstones older than this are not pushed to a replica that has no record of the key. */
   tombstoneGraceMs: number
+}
+
+/** Whether `at` (ms since the epoch) falls in the UTC hours [from, to); from > to wraps midnight, from = to is all day. */
+export const withinWindow = (w: AaeConfig["window"], at: number): boolean => {
+  if (w === undefined || w.from === w.to) return true
+  const h = new Date(at).getUTCHours()
+  return w.from < w.to ? h >= w.from && h < w.to : h >= w.from || h < w.to
 }
 
 /** Defaults. */
@@ -52,6 +62,7 @@ export const defaultAaeConfig: AaeConfig = {
   window: undefined,
   maxRepairs: 1_000,
   confirmDelayMs: 500,
+  repairsPerSecond: 5_000,
   tombstoneGraceMs: 86_400_000
 }
 
@@ -152,12 +163,7 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
       return { ...r, peer }
     }))
 
-  const inWindow = (): boolean => {
-    const w = config.window
-    if (w === undefined) return true
-    const h = new Date(now()).getUTCHours()
-    return w.from <= w.to ? h >= w.from && h < w.to : h >= w.from || h < w.to
-  }
+  const inWindow = (): boolean => withinWindow(config.window, now())
 
   // The loop: round-robin over (partition, peer) pairs of the partitions this node is a primary of.
   let cursor = 0
@@ -175,10 +181,10 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
     if (Option.isSome(r) && r.value.repaired > 0) {
       yield* Effect.logInfo(`anti-entropy: partition ${p} with ${peer}: ${r.value.differing} keys differed, ${r.value.repaired} repaired`)
     }
-    // More to repair with this peer: go again at once (the repair itself paces it).
+    // More to repair with this peer: go again as soon as the repair rate allows.
     if (Option.isSome(r) && !r.value.clean) {
       cursor--
-      return 0
+      return Math.ceil((r.value.repaired * 1000) / Math.max(1, config.repairsPerSecond))
     }
     return config.intervalMs
   })
