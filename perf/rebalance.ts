@@ -13,7 +13,9 @@
  *   key count (GET /health, polled with the transfers) over the middle 80% of its growth.
  *   MB/s counts 1 KiB value + 16-byte key per key (the payload; the stored object has a few
  *   more bytes). With it, the new node's group commits (records per fdatasync, /metrics),
- *   each node's CPU share (/proc) and event-loop delay (prom-client's default metrics);
+ *   each node's CPU share (/proc) and, per phase (before, during, after), each node's
+ *   event-loop delay (prom-client's default metrics) and the client's own
+ *   (perf_hooks.monitorEventLoopDelay: a late request start counts as latency);
  * - time from the join to the settled ring (all four nodes report `settled`, one ring
  *   version, four owners);
  * - partitions moved (owners before vs after) against the optimum Q/S, and replicas
@@ -38,6 +40,7 @@ import * as fs from "node:fs"
 import * as http from "node:http"
 import * as os from "node:os"
 import * as path from "node:path"
+import { monitorEventLoopDelay, type ELDHistogram } from "node:perf_hooks"
 import { parseArgs } from "node:util"
 import autocannon from "autocannon"
 import { preferenceList, type Ring } from "../src/ring/Ring.ts"
@@ -195,6 +198,14 @@ const loopLag = async (n: Node) => {
   const text = await metricsText(n).catch(() => "")
   const ms = (name: string) => Math.round(metric(text, name) * 1000 * 10) / 10
   return { p99: ms("nodejs_eventloop_lag_p99_seconds"), max: ms("nodejs_eventloop_lag_max_seconds") }
+}
+
+/** This process's (the client's) event-loop delay since `h` was last reset, ms. */
+const ownLag = (h: ELDHistogram) => {
+  const ms = (ns: number) => Math.round(ns / 1e5) / 10
+  const out = { p99: ms(h.percentile(99)), max: ms(h.max) }
+  h.reset()
+  return out
 }
 
 /** The engine's write counters from a node's /metrics. */
@@ -390,11 +401,16 @@ const run = async () => {
 
   progress(`client: ${RATE} PUT/s + ${RATE} GET/s over n1..n3, ${BEFORE_S} s before the join`)
   const load = client(three.map((n) => n.url), RATE, K)
+  // The client's own event loop: a late request start counts as latency, so say if it was late.
+  const clientLoop = monitorEventLoopDelay({ resolution: 1 })
+  clientLoop.enable()
   await sleep(2000) // warm-up, not counted
   const tBefore0 = performance.now()
   await Promise.all(three.map(loopLag))
+  ownLag(clientLoop)
   await sleep(BEFORE_S * 1000)
   const lagBefore = await Promise.all(three.map(loopLag))
+  const clientLagBefore = ownLag(clientLoop)
 
   // The join: n4 starts with --seeds and asks n1 to join.
   progress("n4 joins")
@@ -469,10 +485,14 @@ const run = async () => {
   progress(`settled ${fmt((tSettled - tJoin) / 1000, 1)} s after the join`)
   const cpu1 = four.map((n) => cpuSeconds(n.child.pid))
   const lagDuring = await Promise.all(four.map(loopLag))
+  const clientLagDuring = ownLag(clientLoop)
   const m1 = await engineCounters(n4)
   const tAfter0 = tSettled
   await sleep(AFTER_S * 1000)
   const tAfter1 = performance.now()
+  const lagAfter = await Promise.all(four.map(loopLag))
+  const clientLagAfter = ownLag(clientLoop)
+  clientLoop.disable()
   await load.stop()
 
   // What the new node ends with, and whether every loaded key still reads.
@@ -553,7 +573,8 @@ const run = async () => {
   console.log(`transfer, n4 key count polled: ${fmt(steady)} keys/s over the middle 80% of its growth; per transfer (${timed.length} timed to a poll): ${fmt(perTransfer)} keys/s`)
   console.log(`n4 writes join -> settled: ${fmt(n4Writes.records)} records in ${fmt(n4Writes.batches)} group commits (${fmt(n4Writes.recordsPerBatch, 2)} records each), ${fmt(n4Writes.fsyncs)} fdatasyncs of ${fmt(n4Writes.meanFsyncMs, 2)} ms mean (fdatasync busy ${fmt(100 * n4Writes.fsyncBusyShare)}% of the time)`)
   console.log(`CPU share of one core join -> settled: ${Object.entries(cpuShare).map(([id, x]) => `${id} ${fmt(100 * x)}%`).join(", ")}`)
-  console.log(`event-loop delay p99/max ms, before: ${lagBefore.map((l, i) => `n${i + 1} ${l.p99}/${l.max}`).join(", ")}; during: ${lagDuring.map((l, i) => `n${i + 1} ${l.p99}/${l.max}`).join(", ")}`)
+  const lags = (ls: ReadonlyArray<{ p99: number; max: number }>, c: { p99: number; max: number }) => `${ls.map((l, i) => `n${i + 1} ${l.p99}/${l.max}`).join(", ")}, client ${c.p99}/${c.max}`
+  console.log(`event-loop delay p99/max ms (nodes: 10 ms resolution), before: ${lags(lagBefore, clientLagBefore)}; during: ${lags(lagDuring, clientLagDuring)}; after: ${lags(lagAfter, clientLagAfter)}`)
   console.log(`keys after: ${[...hs, h4].map((h, i) => `n${i + 1} ${fmt(h.keys)}`).join(", ")}; ${probeMissing} of ${probe} probed loaded keys missing`)
   console.log(`partitions moved: ${moved} / optimal ${optimalMoved} (owners); replicas gained by n4: ${replicasGained} / optimal ${optimalReplicas}`)
   const cell = (w: Window) => [fmt(w.count), fmt(w.perSecond), fmt(w.p50, 2), fmt(w.p99, 2), fmt(w.p999, 2), fmt(w.max, 1), fmt(w.errors)]
@@ -586,6 +607,8 @@ const run = async () => {
     cpu_share: cpuShare,
     loop_lag_before: Object.fromEntries(lagBefore.map((l, i) => [`n${i + 1}`, l])),
     loop_lag_during: Object.fromEntries(lagDuring.map((l, i) => [`n${i + 1}`, l])),
+    loop_lag_after: Object.fromEntries(lagAfter.map((l, i) => [`n${i + 1}`, l])),
+    client_loop_lag: { before: clientLagBefore, during: clientLagDuring, after: clientLagAfter },
     keys_after: { n1: hs[0]!.keys, n2: hs[1]!.keys, n3: hs[2]!.keys, n4: h4.keys },
     probe_missing: probeMissing,
     partitions_moved: moved, partitions_moved_optimal: optimalMoved,
