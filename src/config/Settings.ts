@@ -74,6 +74,7 @@ export const LIVE_SETTINGS = [
   "transferConcurrency",
   "transferBytesPerSecond",
   "aaeIntervalMs",
+  "tombstoneGrace",
   "compaction.deadRatio",
   "compaction.deadBytes",
   "compaction.smallBytes",
@@ -125,8 +126,14 @@ export const DEFAULTS = {
   } satisfies CompactionSettings
 } as const
 
-/** The settings that have a command-line flag (and so an environment variable). */
-export type FlagKey = Exclude<keyof NodeSettings, "compaction">
+/** The settings that are top-level fields of NodeSettings. */
+type SettingKey = Exclude<keyof NodeSettings, "compaction">
+
+/**
+ * The settings that have a command-line flag (and so an environment variable and a top-level
+ * config-file key). `tombstoneGrace` is in seconds and sets `compaction.tombstoneGraceMs`.
+ */
+export type FlagKey = SettingKey | "tombstoneGrace"
 
 /** Flag values as parsed from the command line, by setting name; absent or undefined: not given. */
 export type FlagValues = { readonly [K in FlagKey]?: string | number | boolean | undefined }
@@ -185,6 +192,7 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("transferConcurrency", "transfer-concurrency", "K", "partition transfers this node receives at once (live)", String(DEFAULTS.transferConcurrency)),
   flag("transferBytesPerSecond", "transfer-rate", "BYTES", "most bytes per second this node pulls in transfers, 0 for no limit (live)", "0"),
   flag("aaeIntervalMs", "aae-interval", "MS", "pause between anti-entropy exchanges, 0 turns anti-entropy off (live)", String(DEFAULTS.aaeIntervalMs)),
+  flag("tombstoneGrace", "tombstone-grace", "S", "seconds a tombstone is kept at least; it goes only once every primary holds it (live)", String(DEFAULTS.compaction.tombstoneGraceMs / 1000)),
   flag("config", "config", "FILE", "JSON config file with the same settings; watched for live changes", "none"),
   flag("enableFaultInjection", "enable-fault-injection", undefined, "turn on POST /admin/faults (tests only)", "off")
 ]
@@ -202,6 +210,8 @@ type Kind =
   | { readonly type: "seeds" }
 
 const MAX_INT = Number.MAX_SAFE_INTEGER
+/** `--tombstone-grace` in ms must stay a safe integer. */
+const MAX_GRACE_SECONDS = Math.floor(MAX_INT / 1000)
 const PORT: Kind = { type: "int", min: 1, max: 65535 }
 const ID_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/
 
@@ -223,8 +233,11 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   transferConcurrency: { type: "int", min: 1, max: 64 },
   transferBytesPerSecond: { type: "int", min: 0, max: MAX_INT },
   aaeIntervalMs: { type: "int", min: 0, max: MAX_INT },
+  tombstoneGrace: { type: "int", min: 0, max: MAX_GRACE_SECONDS },
   config: { type: "text", pattern: /\S/, expected: "a file path" }
 }
+
+const SETTING_KEYS = (Object.keys(TOP_KINDS) as ReadonlyArray<FlagKey>).filter((k): k is SettingKey => k !== "tombstoneGrace")
 
 /** r and w: 1..n, or any positive integer while n itself is invalid (that is reported alone). */
 const quorumKind = (n: unknown, nGiven: boolean): Kind => {
@@ -447,6 +460,14 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     else errors.push(`${fileLabel(fromFile.key, path)} must be ${expectedOf(kind)}; got ${shown(fromFile.raw, false, kind)}`)
   }
 
+  const graceFile = fileTop.get("tombstoneGrace")
+  const graceMsFile = fileCompaction.get("tombstoneGraceMs")
+  if (graceFile !== undefined && graceMsFile !== undefined) {
+    errors.push(`"${graceFile.key}" and "${graceMsFile.key}" in ${path ?? "the config file"} are the same setting (seconds and milliseconds); keep one`)
+  }
+  const grace = values.tombstoneGrace as number | undefined
+  if (grace !== undefined) compaction.tombstoneGraceMs = grace * 1000
+
   const port = (values.port as number | undefined) ?? DEFAULTS.port
   let clusterPort = values.clusterPort as number | undefined
   if (clusterPort === undefined && !origins.has("clusterPort")) {
@@ -550,7 +571,7 @@ export const diffSettings = (old: NodeSettings, next: NodeSettings): SettingsDif
   const live: { -readonly [K in keyof LiveSettingsShape]?: LiveSettingsShape[K] } = {}
   const compaction: { -readonly [K in keyof LiveCompactionSettings]?: number } = {}
   const restartNeeded: Array<string> = []
-  for (const key of Object.keys(TOP_KINDS) as ReadonlyArray<FlagKey>) {
+  for (const key of SETTING_KEYS) {
     if (sameValue(old[key], next[key])) continue
     if (key === "r" || key === "w" || key === "maxValueBytes" || key === "transferConcurrency" || key === "transferBytesPerSecond" || key === "aaeIntervalMs") live[key] = next[key]
     else if (key === "logLevel") live.logLevel = next.logLevel

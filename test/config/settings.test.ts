@@ -99,6 +99,7 @@ t.test("every flag has its TALLY_ variable", async (t) => {
       TALLY_TRANSFER_CONCURRENCY: "3",
       TALLY_TRANSFER_RATE: "1000000",
       TALLY_AAE_INTERVAL: "250",
+      TALLY_TOMBSTONE_GRACE: "60",
       TALLY_CONFIG: undefined
     }
   })
@@ -126,6 +127,7 @@ t.test("every flag has its TALLY_ variable", async (t) => {
       compaction: undefined
     }
   )
+  t.equal(s.compaction.tombstoneGraceMs, 60_000, "TALLY_TOMBSTONE_GRACE is seconds")
   for (const f of NODE_FLAGS) t.equal(f.env, envName(f.flag), `${f.flag} -> ${f.env}`)
   t.equal(ok({ env: { TALLY_ENABLE_FAULT_INJECTION: "0" } }).enableFaultInjection, false)
   t.equal(ok({ flags: { enableFaultInjection: false }, env: { TALLY_ENABLE_FAULT_INJECTION: "yes" } }).enableFaultInjection, false, "--no-flag beats env")
@@ -181,7 +183,7 @@ t.test("validation errors name the source and what is expected", async (t) => {
 t.test("config file errors: unknown keys, wrong types, bad shapes", async (t) => {
   const flags = { config: "t.json" }
   t.same(errorsOf({ flags, file: { prot: 1 } }), [
-    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, compaction'
+    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, tombstoneGrace, compaction'
   ])
   t.same(errorsOf({ flags, file: { port: "8080" } }), ['"port" in t.json must be an integer from 1 to 65535; got "8080" (a string)'])
   t.same(errorsOf({ flags, file: { w: 5 } }), ['"w" in t.json must be an integer from 1 to n (3); got 5'])
@@ -238,7 +240,31 @@ t.test("diffSettings separates live changes from those needing a restart", async
   t.same(d.restartNeeded, ["id", "port", "data", "seeds", "fsync", "compaction.intervalMs"])
   for (const v of Object.values(d.live.compaction ?? {})) t.not(v, undefined, "no undefined keys in a patch")
   t.same(applyLivePatch(old, d.live), { ...old, r: 1, w: 3, maxValueBytes: 5, logLevel: "debug", compaction: { ...old.compaction, deadRatio: 0.9, tombstoneGraceMs: 7 } })
-  t.same(LIVE_SETTINGS, ["r", "w", "logLevel", "maxValueBytes", "transferConcurrency", "transferBytesPerSecond", "aaeIntervalMs", "compaction.deadRatio", "compaction.deadBytes", "compaction.smallBytes", "compaction.tombstoneGraceMs"])
+  t.same(LIVE_SETTINGS, ["r", "w", "logLevel", "maxValueBytes", "transferConcurrency", "transferBytesPerSecond", "aaeIntervalMs", "tombstoneGrace", "compaction.deadRatio", "compaction.deadBytes", "compaction.smallBytes", "compaction.tombstoneGraceMs"])
+})
+
+t.test("--tombstone-grace is seconds, sets compaction.tombstoneGraceMs, and changes live", async (t) => {
+  const flag = NODE_FLAGS.find((f) => f.key === "tombstoneGrace")
+  t.same(flag && { flag: flag.flag, env: flag.env, metavar: flag.metavar, default: flag.default }, { flag: "tombstone-grace", env: "TALLY_TOMBSTONE_GRACE", metavar: "S", default: "86400" })
+  t.equal(ok({}).compaction.tombstoneGraceMs, 86_400_000, "default 86400 s")
+  t.equal(ok({ flags: { tombstoneGrace: "1" } }).compaction.tombstoneGraceMs, 1000)
+  t.equal(ok({ flags: { tombstoneGrace: "0" } }).compaction.tombstoneGraceMs, 0)
+  t.equal(ok({ file: { tombstoneGrace: 30 } }).compaction.tombstoneGraceMs, 30_000, "top-level file key, in seconds")
+  t.equal(ok({ file: { "tombstone-grace": 30 } }).compaction.tombstoneGraceMs, 30_000, "in the flag's spelling")
+  t.equal(ok({ file: { compaction: { tombstoneGraceMs: 1500 } } }).compaction.tombstoneGraceMs, 1500, "the file's milliseconds")
+  t.equal(ok({ flags: { tombstoneGrace: "2" }, file: { compaction: { tombstoneGraceMs: 1500 } } }).compaction.tombstoneGraceMs, 2000, "the flag beats the file")
+  t.equal(ok({ env: { TALLY_TOMBSTONE_GRACE: "3" }, file: { tombstoneGrace: 4 } }).compaction.tombstoneGraceMs, 3000, "the environment beats the file")
+  t.notOk("tombstoneGrace" in ok({ flags: { tombstoneGrace: "2" } }), "not a setting of its own")
+  t.same(errorsOf({ flags: { tombstoneGrace: "-1" } }), ["--tombstone-grace must be an integer from 0 to 9007199254740; got -1"])
+  t.same(errorsOf({ flags: { tombstoneGrace: "1.5" } }), ["--tombstone-grace must be an integer from 0 to 9007199254740; got 1.5"])
+  t.same(errorsOf({ flags: { config: "t.json" }, file: { tombstoneGrace: 1, compaction: { tombstoneGraceMs: 1000 } } }), [
+    '"tombstoneGrace" and "compaction.tombstoneGraceMs" in t.json are the same setting (seconds and milliseconds); keep one'
+  ])
+  const old = ok({ flags: { config: "t.json" }, file: { tombstoneGrace: 10 } })
+  const next = ok({ flags: { config: "t.json" }, file: { tombstoneGrace: 20 } })
+  t.same(diffSettings(old, next), { live: { compaction: { tombstoneGraceMs: 20_000 } }, restartNeeded: [] }, "a changed file applies live")
+  const pinned = ok({ flags: { config: "t.json", tombstoneGrace: "5" }, file: { tombstoneGrace: 10 } })
+  t.same(diffSettings(pinned, ok({ flags: { config: "t.json", tombstoneGrace: "5" }, file: { tombstoneGrace: 20 } })), { live: {}, restartNeeded: [] }, "the flag still wins")
 })
 
 t.test("shouldLog filters by level", async (t) => {
