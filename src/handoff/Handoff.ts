@@ -61,6 +61,13 @@ export class Handoff extends Context.Service<Handoff, {
   readonly readAll: (key: string) => Effect.Effect<StoredObject | undefined, ApiError>
   /** Parked entries not yet acknowledged, per owner. */
   readonly pending: () => ReadonlyMap<string, number>
+  /**
+   * The partitions of the writes parked here, for any owner, until their parked log is
+   * delivered and deleted (parks in flight included): tombstone reaping waits for them.
+   */
+  readonly parkedPartitions: () => ReadonlySet<number>
+  /** Whether writes of `partition` are parked here (`parkedPartitions().has(partition)`, cheaper). */
+  readonly parks: (partition: number) => boolean
   /** Ships everything parked for `owner` now (the shipping loop also does, when it is up). */
   readonly drain: (owner: string, ship: Ship) => Effect.Effect<number, unknown>
 }>()("tally/handoff/Handoff") {
@@ -74,6 +81,8 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
   const root = path.join(config.dataDir, "handoff")
   makeDirDurable(config.files, root)
   const parked = new Map<string, Parked>()
+  /** Parks between their call and their append's acknowledgement, per partition. */
+  const parking = new Map<number, number>()
   const locks = new KeyLocks()
   const batchSize = config.batchSize ?? 200
   const rate = config.ratePerSecond ?? 5000
@@ -114,12 +123,20 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
     })
 
   const park = (owner: string, key: string, object: StoredObject) =>
-    locks.with(`${owner}\u0000${key}`, Effect.suspend(() => {
-      const p = open(owner)
-      p.inflight++
-      const have = readIn(p, key)
-      return append(p, key, have === undefined ? object : Dvv.sync(have, object)).pipe(Effect.ensuring(Effect.sync(() => p.inflight--)))
-    }))
+    Effect.suspend(() => {
+      const q = partitionOf(key, config.partitions)
+      parking.set(q, (parking.get(q) ?? 0) + 1)
+      return locks.with(`${owner}\u0000${key}`, Effect.suspend(() => {
+        const p = open(owner)
+        p.inflight++
+        const have = readIn(p, key)
+        return append(p, key, have === undefined ? object : Dvv.sync(have, object)).pipe(Effect.ensuring(Effect.sync(() => p.inflight--)))
+      })).pipe(Effect.ensuring(Effect.sync(() => {
+        const n = (parking.get(q) ?? 1) - 1
+        if (n > 0) parking.set(q, n)
+        else parking.delete(q)
+      })))
+    })
 
   /** Ships one batch; returns how many records it shipped (0 when caught up). */
   const shipBatch = (p: Parked, ship: Ship) =>
@@ -183,6 +200,19 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
       return merged
     }),
     pending: () => new Map([...parked.values()].map((p) => [p.owner, Math.max(0, p.log.lastLsn - p.shipped)])),
+    parkedPartitions: () => {
+      const out = new Set<number>(parking.keys())
+      for (const p of parked.values()) {
+        if (p.log.index.size === 0) continue
+        for (let q = 0; q < config.partitions; q++) if (p.log.index.countOf(q) > 0) out.add(q)
+      }
+      return out
+    },
+    parks: (partition) => {
+      if (parking.has(partition)) return true
+      for (const p of parked.values()) if (p.log.index.countOf(partition) > 0) return true
+      return false
+    },
     drain
   })
 })

@@ -29,6 +29,21 @@ export interface ClusterFigures {
   readonly coordinator?: { readonly fallbackWrites: number; readonly readRepairs: number; readonly forwardedWrites: number; readonly quorumFailures: { readonly get: number; readonly put: number } }
   readonly parked: ReadonlyMap<string, number>
   readonly members: ReadonlyArray<string>
+  /** Anti-entropy per partition this node is a primary of (AntiEntropy.status), and whether reaping waits. */
+  readonly aae?: ReadonlyArray<PartitionFigures>
+}
+
+/** One partition's anti-entropy figures; counts are totals since the node started. */
+export interface PartitionFigures {
+  readonly partition: number
+  /** When the last exchange ended (ms since the epoch). */
+  readonly lastExchange: number | undefined
+  readonly exchanges: number
+  readonly keysCompared: number
+  readonly keysRepaired: number
+  readonly bytes: number
+  /** Whether its tombstones may not be reaped now (Reaping.ts says why on /admin/aae). */
+  readonly reapBlocked?: boolean
 }
 
 /** Creates a node's metrics; `engineStats` and `cluster` are read at each scrape. */
@@ -65,6 +80,7 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
   counter("tally_engine_corruptions_total", "Damaged records or ranges found", (s) => s.corruptions)
   gauge("tally_engine_failed", "1 once storage stopped taking writes after an I/O failure it cannot undo (fsync, write, compaction commit); a restart recovers", (s) => s.failed)
   counter("tally_engine_overloaded_total", "Writes refused because too many bytes were waiting for the disk", (s) => s.overloaded)
+  counter("tally_engine_dropped_tombstones_total", "Tombstones reaped by compaction", (s) => s.droppedTombstones)
   if (cluster !== undefined) {
     new client.Gauge({
       name: "tally_handoff_parked",
@@ -116,6 +132,36 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
         this.inc({ op: "put" }, v.quorumFailures.put)
       }
     })
+    // One list per scrape for the six per-partition metrics: it walks every partition's tree.
+    let partitionsAt = -Infinity
+    let partitions: ReadonlyArray<PartitionFigures> = []
+    const partitionFigures = () => {
+      const t = performance.now()
+      if (t - partitionsAt > 500) {
+        partitions = cluster().aae ?? []
+        partitionsAt = t
+      }
+      return partitions
+    }
+    const perPartition = (kind: "gauge" | "counter", name: string, help: string, read: (p: PartitionFigures) => number | undefined) => {
+      const collect = function(this: client.Gauge | client.Counter) {
+        this.reset()
+        for (const p of partitionFigures()) {
+          const v = read(p)
+          if (v === undefined) continue
+          if (this instanceof client.Gauge) this.set({ partition: String(p.partition) }, v)
+          else this.inc({ partition: String(p.partition) }, v)
+        }
+      }
+      const spec = { name, help, labelNames: ["partition"], registers: [registry], collect }
+      return kind === "gauge" ? new client.Gauge(spec) : new client.Counter(spec)
+    }
+    perPartition("gauge", "tally_aae_last_exchange_seconds", "When the last anti-entropy exchange of the partition ended, Unix time", (p) => (p.lastExchange === undefined ? undefined : p.lastExchange / 1000))
+    perPartition("counter", "tally_aae_exchanges_total", "Anti-entropy exchanges of the partition this node started", (p) => p.exchanges)
+    perPartition("counter", "tally_aae_keys_compared_total", "Keys whose versions anti-entropy compared, per partition", (p) => p.keysCompared)
+    perPartition("counter", "tally_aae_keys_repaired_total", "Keys anti-entropy repaired, per partition", (p) => p.keysRepaired)
+    perPartition("counter", "tally_aae_exchange_bytes_total", "Bytes anti-entropy exchanges sent and received, per partition", (p) => p.bytes)
+    perPartition("gauge", "tally_aae_reap_blocked", "1 while the partition's tombstones may not be reaped (GET /admin/aae says why)", (p) => (p.reapBlocked === undefined ? undefined : p.reapBlocked ? 1 : 0))
     new client.Gauge({
       name: "tally_peer_phi",
       help: "Failure detector phi per peer (at 5: suspect, at 8: down)",

@@ -18,6 +18,7 @@ import { isDataMessage } from "../coordinator/Messages.ts"
 import { Handoff, shipLoop } from "../handoff/Handoff.ts"
 import { isTransferMessage, Transfer } from "../transfer/Transfer.ts"
 import { type AaeConfig, AntiEntropy, isAaeMessage } from "../aae/AntiEntropy.ts"
+import { isReapingMessage, Reaping, type ReapingConfig } from "../aae/Reaping.ts"
 import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
@@ -49,6 +50,8 @@ export interface StartOptions {
   readonly engineFiles?: FilesApi
   /** Anti-entropy settings beyond the node settings (tests). */
   readonly aae?: Partial<AaeConfig>
+  /** Reaping settings beyond the node settings (tests). */
+  readonly reaping?: Partial<ReapingConfig>
 }
 
 /** A node assembled but not listening: its Fastify app and how to stop it. */
@@ -71,13 +74,15 @@ const effectLevel: Record<string, "fatal" | "error" | "warn" | "info" | "debug" 
 /** Builds a node's runtime and HTTP app without listening (tests use `app.inject`). */
 export const assembleNode = async (settings: NodeSettings, options: StartOptions = {}): Promise<AssembledNode> => {
   const logger = pino({ level: settings.logLevel, base: { node: settings.id } }, options.logStream ?? process.stderr)
-  const live = { r: settings.r, w: settings.w, maxValueBytes: settings.maxValueBytes }
+  const live = { r: settings.r, w: settings.w, maxValueBytes: settings.maxValueBytes, tombstoneGraceMs: settings.compaction.tombstoneGraceMs }
   const toPino = Logger.make((o) => {
     const msg = Array.isArray(o.message) ? o.message.map(String).join(" ") : String(o.message)
     logger[effectLevel[o.logLevel] ?? "info"](msg)
   })
   const cluster = { n: settings.n, partitions: settings.partitions }
   const files = options.memory ? makeMemoryFiles() : nodeFilesApi
+  // Tombstones go only when every replica holds them (Reaping.ts); until the service is up, none do.
+  let reaper: Reaping["Service"] | undefined
   const engineLayer = options.engineFiles !== undefined
     ? (c: EngineConfig) => Engine.layerFiles(c, options.engineFiles!)
     : options.memory ? Engine.layerMemory : Engine.layer
@@ -89,6 +94,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     compactDeadBytes: settings.compaction.deadBytes,
     compactSmallBytes: settings.compaction.smallBytes,
     tombstoneGraceMs: settings.compaction.tombstoneGraceMs,
+    reapBefore: (partition) => (reaper === undefined ? -Infinity : reaper.reapBefore(partition)),
     compactionIntervalMs: settings.compaction.intervalMs,
     // Records of the first format carry no partition: the ring's function names it.
     partitionOf: (key) => partitionOf(key, settings.partitions)
@@ -108,7 +114,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync, partitions: settings.partitions })
   const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: settings.transferConcurrency, bytesPerSecond: settings.transferBytesPerSecond })
   const aae = AntiEntropy.layer({ intervalMs: settings.aaeIntervalMs, tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.aae ?? {}) })
-  const services = Layer.mergeAll(Coordinator.layer({ n: settings.n }), transfer, aae).pipe(
+  const reaping = Reaping.layer({ tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.reaping ?? {}) }).pipe(Layer.provideMerge(aae))
+  const services = Layer.mergeAll(Coordinator.layer({ n: settings.n }), transfer, reaping).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
     Layer.provideMerge(Layer.mergeAll(engine, handoff)),
     Layer.provideMerge(membership),
@@ -121,11 +128,13 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     const c = yield* Coordinator
     const x = yield* Transfer
     const a = yield* AntiEntropy
+    const reap = yield* Reaping
     yield* t.serve((from, payload) => {
       if (isMembershipMessage(payload)) return m.handle(from, payload)
       if (isDataMessage(payload)) return c.handle(from, payload)
       if (isTransferMessage(payload)) return x.handle(from, payload)
       if (isAaeMessage(payload)) return a.handle(from, payload)
+      if (isReapingMessage(payload)) return reap.handle(from, payload)
       return Effect.fail(new Error("unknown message"))
     })
     // Parked writes go to their owner when it is up, or, for an owner gone for good (left or
@@ -142,12 +151,13 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   }))
   const layer = internode.pipe(Layer.provideMerge(services), Layer.provide(Logger.layer([toPino])))
   const runtime = ManagedRuntime.make(layer)
-  const { engineService, membershipService, transportService, handoffService, transferService, aaeService } = await runtime.runPromise(Effect.gen(function*() {
-    return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff, transferService: yield* Transfer, aaeService: yield* AntiEntropy }
+  const { engineService, membershipService, transportService, handoffService, transferService, aaeService, reapingService } = await runtime.runPromise(Effect.gen(function*() {
+    return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff, transferService: yield* Transfer, aaeService: yield* AntiEntropy, reapingService: yield* Reaping }
   })).catch(async (e) => {
     await runtime.dispose()
     throw e
   })
+  reaper = reapingService
   // Layer failures surfaced above, when the services started: only request errors remain.
   const run = <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) =>
     runtime.runPromiseExit(Effect.gen(function*() {
@@ -166,7 +176,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       ring: { version: s.ring.version, hash: ringHash(s), settled: State.settled(s) },
       phi: membershipService.phis(),
       transfers: { running: local.length, stalled: local.filter((x) => x.state === "stalled").length, keys: local.reduce((n, x) => n + x.keysSent, 0) },
-      coordinator: coordinatorService.stats()
+      coordinator: coordinatorService.stats(),
+      aae: aaeService.status().map((p) => ({ ...p, reapBlocked: reapingService.cutoff(p.partition).blocked !== undefined }))
     }
   })
   const app = buildServer({
@@ -209,11 +220,20 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       transfers: () => runtime.runPromise(transferService.list),
       aae: () => ({
         node: settings.id,
-        partitions: aaeService.status().map((p) => ({
-          ...p,
-          lastExchange: p.lastExchange === undefined ? null : new Date(p.lastExchange).toISOString(),
-          cleanSince: Object.fromEntries(Object.entries(p.cleanSince).map(([k, v]) => [k, new Date(v).toISOString()]))
-        }))
+        partitions: aaeService.status().map((p) => {
+          const c = reapingService.cutoff(p.partition)
+          return {
+            ...p,
+            lastExchange: p.lastExchange === undefined ? null : new Date(p.lastExchange).toISOString(),
+            cleanSince: Object.fromEntries(Object.entries(p.cleanSince).map(([k, v]) => [k, new Date(v).toISOString()])),
+            reapBefore: Number.isFinite(c.reapBefore) ? new Date(c.reapBefore).toISOString() : null,
+            reapBlocked: c.blocked ?? null
+          }
+        }),
+        reaping: {
+          tombstoneGraceSeconds: live.tombstoneGraceMs / 1000,
+          members: reapingService.members().map((m) => ({ id: m.id, answeredAt: m.at === undefined ? null : new Date(m.at).toISOString(), ringVersion: m.version ?? null, parked: m.parked }))
+        }
       }),
       compact: () => {
         void runtime.runPromise(engineService.compact({ full: true }).pipe(
@@ -257,7 +277,12 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
         ...(patch.transferBytesPerSecond !== undefined ? { bytesPerSecond: patch.transferBytesPerSecond } : {})
       })
       if (patch.aaeIntervalMs !== undefined) aaeService.reconfigure({ intervalMs: patch.aaeIntervalMs })
-      if (patch.compaction?.tombstoneGraceMs !== undefined) aaeService.reconfigure({ tombstoneGraceMs: patch.compaction.tombstoneGraceMs })
+      const grace = patch.compaction?.tombstoneGraceMs
+      if (grace !== undefined) {
+        live.tombstoneGraceMs = grace
+        aaeService.reconfigure({ tombstoneGraceMs: grace })
+        reapingService.reconfigure({ tombstoneGraceMs: grace })
+      }
       if (patch.logLevel !== undefined) logger.level = patch.logLevel
       const c = patch.compaction
       if (c !== undefined) {
