@@ -153,18 +153,19 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
   // ---- the source side -----------------------------------------------------------------
 
   /**
-   * Sorted key lists per partition, reused across the pages of one snapshot (listing walks
-   * the whole index, and sorting takes milliseconds more), each with the highest LSN
-   * committed before it was made: a snapshot served from a list answers that LSN, so the
-   * changes after it cover every key the list may miss, however old the list is.
+   * Sorted key lists per partition, reused across the pages of a snapshot and by the next
+   * snapshots for KEY_LIST_MS (listing walks the whole index in one go: 20-45 ms at 1M keys),
+   * each with the highest LSN committed before it was made: a snapshot served from a list
+   * answers that LSN, so the changes after it cover every key the list may miss.
    */
+  const KEY_LIST_MS = 60_000
   const sortedKeys = new Map<number, { readonly at: number; readonly lsn: number; readonly keys: ReadonlyArray<string> }>()
   const keysOf = (partition: number) =>
     Effect.gen(function*() {
       const have = sortedKeys.get(partition)
       // Also listed anew once compaction passed its LSN: a snapshot from it could not be followed.
-      if (have !== undefined && now() - have.at < 5_000 && have.lsn + 1 >= (yield* engine.lowWatermark)) return have
-      for (const [p, l] of sortedKeys) if (now() - l.at >= 5_000) sortedKeys.delete(p)
+      if (have !== undefined && now() - have.at < KEY_LIST_MS && have.lsn + 1 >= (yield* engine.lowWatermark)) return have
+      for (const [p, l] of sortedKeys) if (now() - l.at >= KEY_LIST_MS) sortedKeys.delete(p)
       const lsn = yield* committed
       const keys = [...(yield* engine.partitionKeys(partition))].sort()
       const listed = { at: now(), lsn, keys }
