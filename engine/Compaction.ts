@@ -28,6 +28,7 @@
  */
 import * as path from "node:path"
 import { crc32 } from "node:zlib"
+import { hashRecordInto, scratch } from "./ContentHash.ts"
 import { CorruptFile, UnknownFormat } from "./Errors.ts"
 import { writeFileDurableAsync, type FilesApi } from "./Files.ts"
 import { encodeHint, type HintEntry } from "./HintFile.ts"
@@ -57,8 +58,6 @@ interface Live {
   readonly lsn: number
   readonly tombstone: boolean
   readonly partition: number
-  readonly hashHi: number
-  readonly hashLo: number
 }
 
 /** Dead bytes of a segment: its records the index no longer points at. */
@@ -196,7 +195,9 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
       reseal(raw, 0, rec.size, rec.partition, cur.seg.salt)
       cur.buffered.push(raw)
       cur.crc = crc32(raw, cur.crc)
-      cur.hints.push({ key: rec.key, lsn: rec.lsn, offset: cur.seg.size, size: rec.size, tombstone: rec.tombstone, partition: rec.partition, hashHi: rec.hashHi, hashLo: rec.hashLo })
+      // The index keeps 32 bits of the content hash; the hint file keeps all 64, from the record.
+      hashRecordInto(raw, 0, rec.size)
+      cur.hints.push({ key: rec.key, lsn: rec.lsn, offset: cur.seg.size, size: rec.size, tombstone: rec.tombstone, partition: rec.partition, hashHi: scratch.hi, hashLo: scratch.lo })
       cur.moved.push(rec)
       cur.at.push(cur.seg.size)
       cur.seg.size += rec.size

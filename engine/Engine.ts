@@ -63,8 +63,8 @@ export class Engine extends Context.Service<Engine, {
   readonly remove: (key: string, partition: number, meta?: Uint8Array) => Effect.Effect<Written, EngineError>
   /** The newest record of `key`, tombstones included. */
   readonly get: (key: string) => Effect.Effect<Option.Option<Entry>, EngineError>
-  /** The content hash of the newest record of `key` (from the index: no disk read). */
-  readonly contentHash: (key: string) => Effect.Effect<Option.Option<ContentHash>>
+  /** The newest record of `key`'s content hash as anti-entropy compares it (32 bits, TictacTree.contribution; from the index: no disk read). */
+  readonly contentHash: (key: string) => Effect.Effect<Option.Option<number>>
   /** Lists one partition consistently with concurrent writes (see PartitionSnapshot), rate-limited. */
   readonly scanPartition: (partition: number, options?: ScanOptions) => Effect.Effect<PartitionSnapshot>
   /** The keys (tombstones included) held in `partition` now, in no particular order. */

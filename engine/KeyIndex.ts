@@ -1,7 +1,7 @@
 /**
  * The in-memory hash index (Bitcask's keydir): key -> where its newest record lives, with
  * the record's partition and content hash. A Map from key to a slot number, and the slots'
- * fields in parallel typed arrays, so an entry costs a Map entry plus 32 bytes instead of a
+ * fields in parallel typed arrays, so an entry costs a Map entry plus 28 bytes instead of a
  * JS object per key (docs/storage.md has the measured figure). Tombstones stay indexed: the
  * node needs their metadata. Keys per partition are counted here; listing a partition's keys
  * walks the whole index (a per-partition list would cost 8 more bytes per key for a walk
@@ -19,8 +19,12 @@ export interface Location {
   readonly lsn: number
   readonly tombstone: boolean
   readonly partition: number
-  readonly hashHi: number
-  readonly hashLo: number
+  /**
+   * 32 bits of the record's 64-bit content hash (TictacTree.contribution): what anti-entropy
+   * compares. The full hash is in the hint files; the index keeps only what it uses, 4 bytes
+   * a key less.
+   */
+  readonly hash: number
 }
 
 const INITIAL = 1024
@@ -35,8 +39,7 @@ export class KeyIndex {
   private lsns = new Float64Array(INITIAL)
   /** partition (low 16 bits) | TOMB. */
   private info = new Uint32Array(INITIAL)
-  private hHi = new Uint32Array(INITIAL)
-  private hLo = new Uint32Array(INITIAL)
+  private hash = new Uint32Array(INITIAL)
   private readonly perPartition = new Uint32Array(0x1_0000)
   private free: number[] = []
   private used = 0
@@ -70,8 +73,7 @@ export class KeyIndex {
     this.len = widen(this.len, (n) => new Uint32Array(n))
     this.lsns = widen(this.lsns, (n) => new Float64Array(n))
     this.info = widen(this.info, (n) => new Uint32Array(n))
-    this.hHi = widen(this.hHi, (n) => new Uint32Array(n))
-    this.hLo = widen(this.hLo, (n) => new Uint32Array(n))
+    this.hash = widen(this.hash, (n) => new Uint32Array(n))
   }
 
   private newSlot(key: string, partition: number): number {
@@ -89,7 +91,7 @@ export class KeyIndex {
     const info = this.info[s]!
     return {
       segment: this.seg[s]!, offset: this.off[s]!, size: this.len[s]!, lsn: this.lsns[s]!,
-      tombstone: (info & TOMB) !== 0, partition: info & 0xffff, hashHi: this.hHi[s]!, hashLo: this.hLo[s]!
+      tombstone: (info & TOMB) !== 0, partition: info & 0xffff, hash: this.hash[s]!
     }
   }
 
@@ -104,8 +106,7 @@ export class KeyIndex {
     this.len[s] = size
     this.lsns[s] = lsn
     this.info[s] = partition | (tombstone ? TOMB : 0)
-    this.hHi[s] = hashHi
-    this.hLo[s] = hashLo
+    this.hash[s] = contribution(hashHi, hashLo)
   }
 
   /** The location of `key`, or undefined. */
@@ -128,7 +129,7 @@ export class KeyIndex {
       s = this.newSlot(key, partition)
       this.info[s] = partition
     } else if (this.track) {
-      this.trees.change(this.info[s]! & 0xffff, h, contribution(this.hHi[s]!, this.hLo[s]!), -1)
+      this.trees.change(this.info[s]! & 0xffff, h, this.hash[s]!, -1)
     }
     if (this.track) this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
@@ -146,9 +147,8 @@ export class KeyIndex {
   replacedSegment = -1
   /** Size of that record. */
   replacedSize = 0
-  /** Content hash of that record (both 0 if none). */
-  replacedHashHi = 0
-  replacedHashLo = 0
+  /** Content hash (contribution) of that record (0 if none). */
+  replacedHash = 0
 
   /**
    * Points `key` at a record unless the index holds one with an equal or higher LSN; one Map
@@ -160,20 +160,18 @@ export class KeyIndex {
     if (s === undefined) {
       this.replacedSegment = -1
       this.replacedSize = 0
-      this.replacedHashHi = 0
-      this.replacedHashLo = 0
+      this.replacedHash = 0
       s = this.newSlot(key, partition)
       this.info[s] = partition
     } else {
       if (this.lsns[s]! >= lsn) return false
       this.replacedSegment = this.seg[s]!
       this.replacedSize = this.len[s]!
-      this.replacedHashHi = this.hHi[s]!
-      this.replacedHashLo = this.hLo[s]!
+      this.replacedHash = this.hash[s]!
     }
     if (this.track) {
       const h = keyHash(key)
-      if (this.replacedSegment >= 0) this.trees.change(this.info[s]! & 0xffff, h, contribution(this.replacedHashHi, this.replacedHashLo), -1)
+      if (this.replacedSegment >= 0) this.trees.change(this.info[s]! & 0xffff, h, this.replacedHash, -1)
       this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
     }
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
@@ -185,7 +183,7 @@ export class KeyIndex {
     const s = this.map.get(key)
     if (s === undefined) return false
     this.map.delete(key)
-    if (this.track) this.trees.change(this.info[s]! & 0xffff, keyHash(key), contribution(this.hHi[s]!, this.hLo[s]!), -1)
+    if (this.track) this.trees.change(this.info[s]! & 0xffff, keyHash(key), this.hash[s]!, -1)
     this.perPartition[this.info[s]! & 0xffff]!--
     this.free.push(s)
     return true
@@ -213,7 +211,7 @@ export class KeyIndex {
     if (this.perPartition[partition] === 0) return out
     for (const [key, s] of this.map) {
       const info = this.info[s]!
-      if ((info & 0xffff) === partition) out.push({ key, h: keyHash(key), hash: contribution(this.hHi[s]!, this.hLo[s]!), tombstone: (info & TOMB) !== 0 })
+      if ((info & 0xffff) === partition) out.push({ key, h: keyHash(key), hash: this.hash[s]!, tombstone: (info & TOMB) !== 0 })
     }
     return out
   }

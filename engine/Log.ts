@@ -630,9 +630,9 @@ export class Log {
   }
 
   /** The content hash of the newest record of `key`, or undefined. No disk read. */
-  contentHash(key: string): ContentHash | undefined {
+  contentHash(key: string): number | undefined {
     const loc = this.index.get(key)
-    return loc === undefined ? undefined : { hi: loc.hashHi, lo: loc.hashLo }
+    return loc?.hash
   }
 
   /** Reads the raw bytes of a record and checks them under its segment's salt; undefined if damaged. */

@@ -7,6 +7,7 @@ import { Effect, Exit, Stream } from "effect"
 import t from "tap"
 import { compact, selectInputs } from "../../engine/Compaction.ts"
 import { hashRecord } from "../../engine/ContentHash.ts"
+import { contribution } from "../../engine/TictacTree.ts"
 import { Engine } from "../../engine/Engine.ts"
 import { SnapshotRequired } from "../../engine/Errors.ts"
 import { makeMemoryFiles } from "../../engine/Files.ts"
@@ -50,7 +51,8 @@ t.test("content hashes depend on the stored content only, and survive restarts a
   t.not(JSON.stringify(a.contentHash("k3")), JSON.stringify(b.contentHash("k3")), "a tombstone is not an empty put")
   // The hash in the index is the hash of the record on disk.
   const raw = a.readRaw(a.segments.get(a.index.get("k")!.segment)!, a.index.get("k")!.offset, a.index.get("k")!.size)!
-  t.same(a.contentHash("k"), hashRecord(raw), "index hash = hash of the record")
+  const full = hashRecord(raw)
+  t.equal(a.contentHash("k"), contribution(full.hi, full.lo), "index hash = 32 bits of the hash of the record")
   for (let i = 0; i < 60; i++) await put(a, `f${i}`, `v${i}`)
   // k3 is a tombstone that compaction may reap: only the keys that stay are compared.
   const before = new Map([...a.index.keys()].filter((k) => k !== "k3").map((k) => [k, JSON.stringify(a.contentHash(k))]))
