@@ -52,6 +52,37 @@ export const Transfers = Schema.Struct({ transfers: Schema.Array(Transfer) })
 /** `GET /admin/transfers`. */
 export type Transfers = typeof Transfers.Type
 
+/** One partition as `GET /admin/aae` shows it: anti-entropy with its other primaries, and whether its tombstones may go. */
+export const PartitionAae = Schema.Struct({
+  partition: Schema.Number,
+  root: Schema.optionalKey(Schema.Number),
+  keys: Schema.Number,
+  peers: Schema.Array(Schema.String),
+  /** ISO 8601, or null: no exchange yet. */
+  lastExchange: Schema.NullOr(Schema.String),
+  lastPeer: Schema.optionalKey(Schema.String),
+  exchanges: Schema.Number,
+  keysCompared: Schema.Number,
+  keysRepaired: Schema.Number,
+  bytes: Schema.Number,
+  cleanSince: Schema.optionalKey(Schema.Record(Schema.String, Schema.String)),
+  /** Tombstones written here at or before this time (ISO 8601) may be reaped; null: none may. */
+  reapBefore: Schema.optionalKey(Schema.NullOr(Schema.String)),
+  /** Why none may, or null. */
+  reapBlocked: Schema.optionalKey(Schema.NullOr(Schema.String))
+})
+/** One partition as `GET /admin/aae` shows it. */
+export type PartitionAae = typeof PartitionAae.Type
+
+/** `GET /admin/aae`: this node's partitions, and the tombstone grace. */
+export const Aae = Schema.Struct({
+  node: Schema.String,
+  partitions: Schema.Array(PartitionAae),
+  reaping: Schema.optionalKey(Schema.Struct({ tombstoneGraceSeconds: Schema.Number }))
+})
+/** `GET /admin/aae`. */
+export type Aae = typeof Aae.Type
+
 /** The node a command talks to. */
 export interface AdminNode {
   readonly url: string
@@ -100,6 +131,9 @@ export const cluster = (node: AdminNode) => Effect.flatMap(call(node, "GET", "/a
 /** `GET /admin/transfers`. */
 export const transfers = (node: AdminNode) => Effect.flatMap(call(node, "GET", "/admin/transfers"), decoded(Transfers, node, "/admin/transfers"))
 
+/** `GET /admin/aae`. */
+export const aae = (node: AdminNode) => Effect.flatMap(call(node, "GET", "/admin/aae"), decoded(Aae, node, "/admin/aae"))
+
 /** Any JSON answer; an empty body counts as `{}`. */
 const anyJson = (node: AdminNode, path: string) => (raw: string): Effect.Effect<Fetched<unknown>, BadAnswer> =>
   raw.trim() === "" ? Effect.succeed({ value: {}, raw: "{}" }) : Effect.map(parseJson(node, path, raw), (value) => ({ value, raw }))
@@ -109,3 +143,6 @@ export const leave = (node: AdminNode) => Effect.flatMap(call(node, "POST", "/ad
 
 /** `POST /admin/remove` with `{"node": id}`: forgets a member that is gone for good. */
 export const remove = (node: AdminNode, id: string) => Effect.flatMap(call(node, "POST", "/admin/remove", { node: id }), anyJson(node, "/admin/remove"))
+
+/** `POST /admin/compact`: the node starts a full compaction, reaping the tombstones that may go; answers 202 at once. */
+export const compact = (node: AdminNode) => Effect.flatMap(call(node, "POST", "/admin/compact", {}), anyJson(node, "/admin/compact"))

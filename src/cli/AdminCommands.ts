@@ -1,6 +1,7 @@
 /**
- * `tally admin status|ring|transfers|leave|remove`: the operator's view of the ring and the
- * membership changes (CONTRACT.md, "Changing membership"), through one node's /admin routes.
+ * `tally admin status|ring|transfers|leave|remove|aae|compact`: the operator's view of the ring,
+ * the membership changes (CONTRACT.md, "Changing membership"), anti-entropy and compaction
+ * ("Anti-entropy and deletes"), through one node's /admin routes.
  * Tables and lines go to stdout; `--json` prints what the node answered instead, one JSON
  * document per line while `--watch` or `--wait` polls.
  */
@@ -10,7 +11,7 @@ import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import { Argument, Command, Flag } from "effect/cli"
 import * as AdminApi from "./AdminApi.ts"
-import { formatRing, formatStatus, formatTransfers, NO_TRANSFERS } from "./AdminFormat.ts"
+import { formatAae, formatRing, formatStatus, formatTransfers, NO_TRANSFERS } from "./AdminFormat.ts"
 import { writeOut } from "./ClientCommands.ts"
 import { BadAnswer, messageOf, UsageError } from "./Errors.ts"
 import * as Http from "./Http.ts"
@@ -190,9 +191,36 @@ export const removeCommand = Command.make(
   })
 ).pipe(Command.withDescription("Remove a member that is gone for good; its partitions are re-replicated from the surviving replicas"))
 
+/** `tally admin aae`. */
+export const aaeCommand = Command.make(
+  "aae",
+  { ...common },
+  Effect.fnUntraced(function*({ url, json, tokenFile }) {
+    const node = yield* adminNode(url, tokenFile)
+    const { value, raw } = yield* AdminApi.aae(node)
+    yield* writeOut(json ? jsonLine(raw) : formatAae(value, Date.now()))
+  })
+).pipe(
+  Command.withDescription(
+    "Print anti-entropy per partition of the node at --url: keys, peers, last exchange, exchanges, keys compared and repaired, bytes, and whether its tombstones may be reaped (and if not, why)"
+  )
+)
+
+/** `tally admin compact`. */
+export const compactCommand = Command.make(
+  "compact",
+  { ...common },
+  Effect.fnUntraced(function*({ url, json, tokenFile }) {
+    const node = yield* adminNode(url, tokenFile)
+    const { value, raw } = yield* AdminApi.compact(node)
+    const who = nodeOf(value)
+    yield* writeOut(json ? jsonLine(raw) : `${who === undefined ? url : `node ${who}`} is compacting: it reaps the tombstones that may be reaped (tally admin aae says which may)\n`)
+  })
+).pipe(Command.withDescription("Start a full compaction on the node at --url now; it reaps the tombstones every replica holds"))
+
 /** `tally admin`. */
 export const adminCommand = Command.make("admin").pipe(
-  Command.withShortDescription("Inspect the ring and change its membership"),
-  Command.withDescription("Inspect the ring and change its membership through a member's /admin routes"),
-  Command.withSubcommands([statusCommand, ringCommand, transfersCommand, leaveCommand, removeCommand])
+  Command.withShortDescription("Inspect the ring, anti-entropy and compaction; change membership"),
+  Command.withDescription("Inspect the ring and anti-entropy, change membership and start compactions through a member's /admin routes"),
+  Command.withSubcommands([statusCommand, ringCommand, transfersCommand, leaveCommand, removeCommand, aaeCommand, compactCommand])
 )

@@ -1,9 +1,9 @@
 /**
  * What `tally admin` prints, as pure functions of the node's answers: the member table, the
- * ring as ranges per owner, and one line per transfer. The transfer line is the format that
+ * ring as ranges per owner, one line per transfer, and anti-entropy per partition. The transfer line is the format that
  * scripts parse (`partition P from->to state keysSent/keysTotal`); keep it stable.
  */
-import type { ClusterView, Transfer } from "./AdminApi.ts"
+import type { Aae, ClusterView, Transfer } from "./AdminApi.ts"
 
 /** Rows as aligned columns, two spaces apart, no trailing blanks. */
 export const table = (rows: ReadonlyArray<ReadonlyArray<string>>): string => {
@@ -64,3 +64,42 @@ export const formatTransfers = (transfers: ReadonlyArray<Transfer>): string =>
 
 /** The line that says the cluster has nothing left to move. */
 export const NO_TRANSFERS = "no transfers: the ring is settled"
+
+/** How long ago an ISO 8601 time was, to the second: "never" for null, "5s ago", "3m ago", "2h ago", "4d ago". */
+export const ago = (iso: string | null, now: number): string => {
+  if (iso === null) return "never"
+  const t = Date.parse(iso)
+  if (Number.isNaN(t)) return iso
+  const s = Math.max(0, Math.round((now - t) / 1000))
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : s < 172800 ? `${Math.round(s / 3600)}h ago` : `${Math.round(s / 86400)}d ago`
+}
+
+/** What happens to a partition's tombstones now, as the TOMBSTONES column says it. */
+const tombstones = (p: Aae["partitions"][number]): string =>
+  p.reapBefore === undefined && p.reapBlocked === undefined
+    ? "-"
+    : p.reapBefore !== null && p.reapBefore !== undefined
+    ? `reapable up to ${p.reapBefore}`
+    : `kept: ${p.reapBlocked ?? "the node does not say why"}`
+
+/** `tally admin aae`: one row per partition this node is a primary of, then the totals. */
+export const formatAae = (view: Aae, now: number): string => {
+  const ps = [...view.partitions].sort((a, b) => a.partition - b.partition)
+  const rows = ps.map((p) => [
+    String(p.partition),
+    String(p.keys),
+    p.peers.length === 0 ? "-" : p.peers.join(","),
+    ago(p.lastExchange, now),
+    String(p.exchanges),
+    String(p.keysCompared),
+    String(p.keysRepaired),
+    String(p.bytes),
+    tombstones(p)
+  ])
+  const sum = (f: (p: Aae["partitions"][number]) => number) => ps.reduce((n, p) => n + f(p), 0)
+  const grace = view.reaping === undefined ? "" : `, tombstone grace ${view.reaping.tombstoneGraceSeconds} s`
+  const head = `node ${view.node}: ${ps.length} partition${ps.length === 1 ? "" : "s"}${grace}\n`
+  if (ps.length === 0) return `${head}no partitions: this node is a primary of none, or the ring has one member\n`
+  return head + table([["PARTITION", "KEYS", "PEERS", "LAST EXCHANGE", "EXCHANGES", "COMPARED", "REPAIRED", "BYTES", "TOMBSTONES"], ...rows]) +
+    `total: ${sum((p) => p.exchanges)} exchanges, ${sum((p) => p.keysCompared)} keys compared, ${sum((p) => p.keysRepaired)} repaired, ${sum((p) => p.bytes)} bytes\n`
+}

@@ -4,8 +4,8 @@
  */
 import { Writable } from "node:stream"
 import t from "tap"
-import type { ClusterView, Transfer } from "../../src/cli/AdminApi.ts"
-import { formatRing, formatStatus, formatTransfers, ranges, table, transferLine } from "../../src/cli/AdminFormat.ts"
+import type { Aae, ClusterView, Transfer } from "../../src/cli/AdminApi.ts"
+import { ago, formatAae, formatRing, formatStatus, formatTransfers, ranges, table, transferLine } from "../../src/cli/AdminFormat.ts"
 import * as TransferProgress from "../../src/cli/TransferProgress.ts"
 
 const view: ClusterView = {
@@ -39,6 +39,39 @@ t.test("status and ring", async (t) => {
     "4 partitions, n 2\nOWNER  COUNT  PARTITIONS\na      3      0-1, 3\nbb     0      -\ngone   1      2\n",
     "members owning nothing and owners that are no longer members are listed"
   )
+})
+
+t.test("anti-entropy: a row per partition, the tombstones' fate, totals", async (t) => {
+  const now = Date.parse("2026-01-01T00:10:00.000Z")
+  t.equal(ago(null, now), "never")
+  t.equal(ago("2026-01-01T00:09:55.000Z", now), "5s ago")
+  t.equal(ago("2026-01-01T00:00:00.000Z", now), "10m ago")
+  t.equal(ago("2025-12-31T21:10:00.000Z", now), "3h ago")
+  t.equal(ago("2025-12-25T00:10:00.000Z", now), "7d ago")
+  t.equal(ago("2026-01-01T00:10:01.000Z", now), "0s ago", "a clock a little ahead is not negative")
+  const view: Aae = {
+    node: "a",
+    partitions: [
+      { partition: 3, keys: 10, peers: ["b", "c"], lastExchange: "2026-01-01T00:09:58.000Z", exchanges: 4, keysCompared: 12, keysRepaired: 2, bytes: 4096, reapBefore: "2025-12-31T00:00:00.000Z", reapBlocked: null },
+      { partition: 1, keys: 0, peers: [], lastExchange: null, exchanges: 0, keysCompared: 0, keysRepaired: 0, bytes: 0, reapBefore: null, reapBlocked: "writes for it are parked on b" },
+      { partition: 2, keys: 1, peers: ["b"], lastExchange: null, exchanges: 0, keysCompared: 0, keysRepaired: 0, bytes: 0 }
+    ],
+    reaping: { tombstoneGraceSeconds: 60 }
+  }
+  t.equal(
+    formatAae(view, now),
+    [
+      "node a: 3 partitions, tombstone grace 60 s",
+      "PARTITION  KEYS  PEERS  LAST EXCHANGE  EXCHANGES  COMPARED  REPAIRED  BYTES  TOMBSTONES",
+      "1          0     -      never          0          0         0         0      kept: writes for it are parked on b",
+      "2          1     b      never          0          0         0         0      -",
+      "3          10    b,c    2s ago         4          12        2         4096   reapable up to 2025-12-31T00:00:00.000Z",
+      "total: 4 exchanges, 12 keys compared, 2 repaired, 4096 bytes",
+      ""
+    ].join("\n"),
+    "sorted by partition; a node that does not say what happens to tombstones shows -"
+  )
+  t.equal(formatAae({ node: "a", partitions: [] }, now), "node a: 0 partitions\nno partitions: this node is a primary of none, or the ring has one member\n")
 })
 
 t.test("transfer lines", async (t) => {

@@ -8,7 +8,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import t, { type Test } from "tap"
-import { clusterView, transferSteps } from "./fixtures/stub-node.ts"
+import { aaeView, clusterView, transferSteps } from "./fixtures/stub-node.ts"
 import { freePort, noStack, run, start, stub } from "./fixtures/tally.ts"
 
 /**
@@ -103,6 +103,31 @@ t.test("status, ring and transfers: tables and lines, or the node's JSON", async
   t.equal(emptyJson!.stdout.toString(), '{"transfers":[]}\n')
 })
 
+t.test("aae: a row per partition, or the node's JSON; compact: POST /admin/compact", async (t) => {
+  const { url, posts } = await stubNode(t, "n1")
+  const [plain, json, compact, compactJson] = [
+    await admin(["aae", "--url", url]),
+    await admin(["aae", "--url", url, "--json"]),
+    await admin(["compact", "--url", url]),
+    await admin(["compact", "--url", url, "--json"])
+  ]
+  t.equal(plain.code, 0)
+  t.equal(plain.stderr, "")
+  const lines = plain.stdout.toString().split("\n")
+  t.equal(lines[0], "node n1: 2 partitions, tombstone grace 86400 s")
+  t.match(lines[1], /^PARTITION +KEYS +PEERS +LAST EXCHANGE +EXCHANGES +COMPARED +REPAIRED +BYTES +TOMBSTONES$/)
+  t.match(lines[2], /^2 +120 +n2,n3 +\d+d ago +14 +40 +6 +20480 +reapable up to 2025-12-31T00:00:00.000Z$/, "sorted by partition")
+  t.match(lines[3], /^5 +3 +n2 +never +0 +0 +0 +0 +kept: no clean anti-entropy exchange with every other primary yet$/)
+  t.equal(lines[4], "total: 14 exchanges, 40 keys compared, 6 repaired, 20480 bytes")
+  t.same(JSON.parse(json.stdout.toString()), aaeView("n1"), "--json is the node's answer")
+  t.equal(json.stdout.toString().split("\n").length, 2, "on one line")
+
+  t.equal(compact.code, 0)
+  t.equal(compact.stdout.toString(), "node n1 is compacting: it reaps the tombstones that may be reaped (tally admin aae says which may)\n")
+  t.same(JSON.parse(compactJson.stdout.toString()), { node: "n1", status: "compacting", message: "stub" })
+  t.same((await posts()).map((p) => p.path), ["/admin/compact", "/admin/compact"])
+})
+
 t.test("transfers --watch polls until the list is empty: plain lines, or one JSON answer per line", async (t) => {
   const { url, reset } = await stubNode(t, "n1")
   await reset()
@@ -184,7 +209,7 @@ t.test("leave: 202, then --wait follows the handoff until the list is empty or t
 
 t.test("a node's error exits 1, an answer of the wrong shape exits 1, no node exits 3", async (t) => {
   const failing = await stubNode(t, "n1", { STUB_ADMIN_ERROR: "not_joined" })
-  const calls = [["status"], ["ring"], ["transfers"], ["transfers", "--watch"], ["leave"], ["remove", "n2"]]
+  const calls = [["status"], ["ring"], ["transfers"], ["transfers", "--watch"], ["leave"], ["remove", "n2"], ["aae"], ["compact"]]
   const failed = await Promise.all(calls.map((args) => admin([...args, "--url", failing.url])))
   for (const [i, args] of calls.entries()) {
     const r = failed[i]!
@@ -237,13 +262,15 @@ t.test("usage errors exit 2 before anything is sent; help lists every subcommand
 
   const help = await run(["admin", "--help"])
   t.equal(help.code, 0)
-  for (const c of ["status", "ring", "transfers", "leave", "remove"]) t.match(help.stdout.toString(), c)
+  for (const c of ["status", "ring", "transfers", "leave", "remove", "aae", "compact"]) t.match(help.stdout.toString(), c)
   const flags = [
     ["status", ["--url", "--json", "--admin-token-file"]],
     ["ring", ["--url", "--json"]],
     ["transfers", ["--url", "--json", "--watch", "--interval"]],
     ["leave", ["--url", "--json", "--wait", "--interval"]],
-    ["remove", ["--url", "--json", "--wait", "<node>"]]
+    ["remove", ["--url", "--json", "--wait", "<node>"]],
+    ["aae", ["--url", "--json", "--admin-token-file"]],
+    ["compact", ["--url", "--json", "--admin-token-file"]]
   ] as const
   const helps = await Promise.all(flags.map(([cmd]) => run(["admin", cmd, "--help"])))
   for (const [i, [cmd, names]] of flags.entries()) {
