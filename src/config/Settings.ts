@@ -25,6 +25,12 @@ export interface Seed {
   readonly port: number
 }
 
+/** UTC hours [from, to) in which anti-entropy exchanges run; from > to wraps midnight. */
+export interface HourWindow {
+  readonly from: number
+  readonly to: number
+}
+
 /** When the storage engine compacts its segments. */
 export interface CompactionSettings {
   /** A sealed segment is compacted once this share of its bytes is dead. */
@@ -62,6 +68,8 @@ export interface NodeSettings {
   readonly transferBytesPerSecond: number
   /** Pause between anti-entropy exchanges, ms; 0 turns anti-entropy off (live). */
   readonly aaeIntervalMs: number
+  /** The UTC hours exchanges run in; null: at any hour (live). */
+  readonly aaeWindow: HourWindow | null
   readonly compaction: CompactionSettings
 }
 
@@ -74,6 +82,7 @@ export const LIVE_SETTINGS = [
   "transferConcurrency",
   "transferBytesPerSecond",
   "aaeIntervalMs",
+  "aaeWindow",
   "tombstoneGrace",
   "compaction.deadRatio",
   "compaction.deadBytes",
@@ -97,6 +106,7 @@ export interface LiveSettingsShape {
   readonly transferConcurrency: number
   readonly transferBytesPerSecond: number
   readonly aaeIntervalMs: number
+  readonly aaeWindow: HourWindow | null
   readonly compaction: Partial<LiveCompactionSettings>
 }
 
@@ -116,6 +126,7 @@ export const DEFAULTS = {
   transferConcurrency: 2,
   transferBytesPerSecond: 0,
   aaeIntervalMs: 1_000,
+  aaeWindow: null as HourWindow | null,
   // The engine's own defaults, so the two can never disagree.
   compaction: {
     deadRatio: defaultLogConfig.compactDeadRatio,
@@ -192,6 +203,7 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("transferConcurrency", "transfer-concurrency", "K", "partition transfers this node receives at once (live)", String(DEFAULTS.transferConcurrency)),
   flag("transferBytesPerSecond", "transfer-rate", "BYTES", "most bytes per second this node pulls in transfers, 0 for no limit (live)", "0"),
   flag("aaeIntervalMs", "aae-interval", "MS", "pause between anti-entropy exchanges, 0 turns anti-entropy off (live)", String(DEFAULTS.aaeIntervalMs)),
+  flag("aaeWindow", "aae-window", "H-H", "UTC hours [from, to) in which anti-entropy exchanges run, e.g. 22-6; always: any hour (live)", "always"),
   flag("tombstoneGrace", "tombstone-grace", "S", "seconds a tombstone is kept at least; it goes only once every primary holds it (live)", String(DEFAULTS.compaction.tombstoneGraceMs / 1000)),
   flag("config", "config", "FILE", "JSON config file with the same settings; watched for live changes", "none"),
   flag("enableFaultInjection", "enable-fault-injection", undefined, "turn on POST /admin/faults (tests only)", "off")
@@ -208,6 +220,7 @@ type Kind =
   | { readonly type: "literal"; readonly values: ReadonlyArray<string> }
   | { readonly type: "boolean" }
   | { readonly type: "seeds" }
+  | { readonly type: "window" }
 
 const MAX_INT = Number.MAX_SAFE_INTEGER
 /** `--tombstone-grace` in ms must stay a safe integer. */
@@ -233,6 +246,7 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   transferConcurrency: { type: "int", min: 1, max: 64 },
   transferBytesPerSecond: { type: "int", min: 0, max: MAX_INT },
   aaeIntervalMs: { type: "int", min: 0, max: MAX_INT },
+  aaeWindow: { type: "window" },
   tombstoneGrace: { type: "int", min: 0, max: MAX_GRACE_SECONDS },
   config: { type: "text", pattern: /\S/, expected: "a file path" }
 }
@@ -271,6 +285,8 @@ const expectedOf = (kind: Kind): string => {
       return "true or false"
     case "seeds":
       return "a comma-separated list of HOST:PORT"
+    case "window":
+      return 'UTC hours FROM-TO (FROM 0 to 23, TO 0 to 24, not equal), such as "22-6", or "always"'
   }
 }
 
@@ -283,7 +299,7 @@ const clip = (s: string): string => (s.length > 60 ? `${s.slice(0, 57)}...` : s)
 const shown = (raw: unknown, textual: boolean, kind: Kind): string => {
   if (textual && Predicate.isString(raw)) return raw !== "" && !/\s/.test(raw) ? clip(raw) : JSON.stringify(clip(raw))
   const json = JSON.stringify(raw) ?? String(raw)
-  const wantsType = kind.type === "int" || kind.type === "ratio" ? "number" : kind.type === "boolean" ? "boolean" : kind.type === "seeds" ? undefined : "string"
+  const wantsType = kind.type === "int" || kind.type === "ratio" ? "number" : kind.type === "boolean" ? "boolean" : kind.type === "seeds" || kind.type === "window" ? undefined : "string"
   const wrongType = wantsType !== undefined && typeof raw !== wantsType
   return wrongType ? `${clip(json)} (${typeName(raw)})` : clip(json)
 }
@@ -347,7 +363,29 @@ const parseValue = (kind: Kind, raw: unknown, textual: boolean): Parsed<unknown>
     }
     case "seeds":
       return parseSeeds(raw)
+    case "window":
+      return parseWindow(raw)
   }
+}
+
+/** `"22-6"`, `"always"` (or null in a config file: any hour), or `{"from": 22, "to": 6}` in a config file. */
+const parseWindow = (raw: unknown): Parsed<HourWindow | null> => {
+  if (raw === null || (Predicate.isString(raw) && raw.trim().toLowerCase() === "always")) return ok(null)
+  let from: unknown
+  let to: unknown
+  if (Predicate.isString(raw)) {
+    const m = /^\s*(\d{1,2})\s*-\s*(\d{1,2})\s*$/.exec(raw)
+    if (m === null) return bad()
+    from = Number(m[1])
+    to = Number(m[2])
+  } else if (Predicate.isObject(raw)) {
+    from = raw.from
+    to = raw.to
+  } else {
+    return bad()
+  }
+  const hour = (h: unknown, max: number): h is number => Predicate.isNumber(h) && Number.isInteger(h) && h >= 0 && h <= max
+  return hour(from, 23) && hour(to, 24) && from !== to ? ok({ from, to }) : bad()
 }
 
 // ---- resolution -------------------------------------------------------------------------
@@ -499,6 +537,7 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     transferConcurrency: (values.transferConcurrency as number | undefined) ?? DEFAULTS.transferConcurrency,
     transferBytesPerSecond: (values.transferBytesPerSecond as number | undefined) ?? DEFAULTS.transferBytesPerSecond,
     aaeIntervalMs: (values.aaeIntervalMs as number | undefined) ?? DEFAULTS.aaeIntervalMs,
+    aaeWindow: values.aaeWindow === undefined ? DEFAULTS.aaeWindow : (values.aaeWindow as HourWindow | null),
     maxValueBytes: (values.maxValueBytes as number | undefined) ?? DEFAULTS.maxValueBytes,
     logLevel: (values.logLevel as LogLevel | undefined) ?? DEFAULTS.logLevel,
     enableFaultInjection: (values.enableFaultInjection as boolean | undefined) ?? DEFAULTS.enableFaultInjection,
@@ -548,6 +587,7 @@ export const liveSettings = (s: NodeSettings): LiveSettingsShape => ({
   transferConcurrency: s.transferConcurrency,
   transferBytesPerSecond: s.transferBytesPerSecond,
   aaeIntervalMs: s.aaeIntervalMs,
+  aaeWindow: s.aaeWindow,
   compaction: {
     deadRatio: s.compaction.deadRatio,
     deadBytes: s.compaction.deadBytes,
@@ -574,6 +614,7 @@ export const diffSettings = (old: NodeSettings, next: NodeSettings): SettingsDif
   for (const key of SETTING_KEYS) {
     if (sameValue(old[key], next[key])) continue
     if (key === "r" || key === "w" || key === "maxValueBytes" || key === "transferConcurrency" || key === "transferBytesPerSecond" || key === "aaeIntervalMs") live[key] = next[key]
+    else if (key === "aaeWindow") live.aaeWindow = next.aaeWindow
     else if (key === "logLevel") live.logLevel = next.logLevel
     else restartNeeded.push(key)
   }
@@ -596,6 +637,7 @@ export const applyLivePatch = (settings: NodeSettings, patch: Partial<LiveSettin
   ...(patch.transferConcurrency !== undefined ? { transferConcurrency: patch.transferConcurrency } : {}),
   ...(patch.transferBytesPerSecond !== undefined ? { transferBytesPerSecond: patch.transferBytesPerSecond } : {}),
   ...(patch.aaeIntervalMs !== undefined ? { aaeIntervalMs: patch.aaeIntervalMs } : {}),
+  ...(patch.aaeWindow !== undefined ? { aaeWindow: patch.aaeWindow } : {}),
   compaction: { ...settings.compaction, ...patch.compaction }
 })
 

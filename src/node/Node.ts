@@ -113,7 +113,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   })
   const handoff = Handoff.layer({ dataDir: settings.data, files, fsync: settings.fsync, partitions: settings.partitions })
   const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: settings.transferConcurrency, bytesPerSecond: settings.transferBytesPerSecond })
-  const aae = AntiEntropy.layer({ intervalMs: settings.aaeIntervalMs, tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.aae ?? {}) })
+  const aae = AntiEntropy.layer({ intervalMs: settings.aaeIntervalMs, window: settings.aaeWindow ?? undefined, tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.aae ?? {}) })
   const reaping = Reaping.layer({ tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.reaping ?? {}) }).pipe(Layer.provideMerge(aae))
   const services = Layer.mergeAll(Coordinator.layer({ n: settings.n }), transfer, reaping).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
@@ -277,6 +277,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
         ...(patch.transferBytesPerSecond !== undefined ? { bytesPerSecond: patch.transferBytesPerSecond } : {})
       })
       if (patch.aaeIntervalMs !== undefined) aaeService.reconfigure({ intervalMs: patch.aaeIntervalMs })
+      if (patch.aaeWindow !== undefined) aaeService.reconfigure({ window: patch.aaeWindow ?? undefined })
       const grace = patch.compaction?.tombstoneGraceMs
       if (grace !== undefined) {
         live.tombstoneGraceMs = grace

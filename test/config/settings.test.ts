@@ -49,6 +49,7 @@ t.test("defaults", async (t) => {
     transferConcurrency: 2,
     transferBytesPerSecond: 0,
     aaeIntervalMs: 1000,
+    aaeWindow: null,
     compaction: { deadRatio: 0.4, deadBytes: 32 * 1024 * 1024, smallBytes: 4 * 1024 * 1024, intervalMs: 30000, tombstoneGraceMs: 86400000 }
   })
   const s = ok({ flags: { port: "8081" } })
@@ -99,6 +100,7 @@ t.test("every flag has its TALLY_ variable", async (t) => {
       TALLY_TRANSFER_CONCURRENCY: "3",
       TALLY_TRANSFER_RATE: "1000000",
       TALLY_AAE_INTERVAL: "250",
+      TALLY_AAE_WINDOW: "22-6",
       TALLY_TOMBSTONE_GRACE: "60",
       TALLY_CONFIG: undefined
     }
@@ -124,6 +126,7 @@ t.test("every flag has its TALLY_ variable", async (t) => {
       transferConcurrency: 3,
       transferBytesPerSecond: 1000000,
       aaeIntervalMs: 250,
+      aaeWindow: { from: 22, to: 6 },
       compaction: undefined
     }
   )
@@ -183,7 +186,7 @@ t.test("validation errors name the source and what is expected", async (t) => {
 t.test("config file errors: unknown keys, wrong types, bad shapes", async (t) => {
   const flags = { config: "t.json" }
   t.same(errorsOf({ flags, file: { prot: 1 } }), [
-    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, tombstoneGrace, compaction'
+    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, aaeWindow, tombstoneGrace, compaction'
   ])
   t.same(errorsOf({ flags, file: { port: "8080" } }), ['"port" in t.json must be an integer from 1 to 65535; got "8080" (a string)'])
   t.same(errorsOf({ flags, file: { w: 5 } }), ['"w" in t.json must be an integer from 1 to n (3); got 5'])
@@ -240,7 +243,7 @@ t.test("diffSettings separates live changes from those needing a restart", async
   t.same(d.restartNeeded, ["id", "port", "data", "seeds", "fsync", "compaction.intervalMs"])
   for (const v of Object.values(d.live.compaction ?? {})) t.not(v, undefined, "no undefined keys in a patch")
   t.same(applyLivePatch(old, d.live), { ...old, r: 1, w: 3, maxValueBytes: 5, logLevel: "debug", compaction: { ...old.compaction, deadRatio: 0.9, tombstoneGraceMs: 7 } })
-  t.same(LIVE_SETTINGS, ["r", "w", "logLevel", "maxValueBytes", "transferConcurrency", "transferBytesPerSecond", "aaeIntervalMs", "tombstoneGrace", "compaction.deadRatio", "compaction.deadBytes", "compaction.smallBytes", "compaction.tombstoneGraceMs"])
+  t.same(LIVE_SETTINGS, ["r", "w", "logLevel", "maxValueBytes", "transferConcurrency", "transferBytesPerSecond", "aaeIntervalMs", "aaeWindow", "tombstoneGrace", "compaction.deadRatio", "compaction.deadBytes", "compaction.smallBytes", "compaction.tombstoneGraceMs"])
 })
 
 t.test("--tombstone-grace is seconds, sets compaction.tombstoneGraceMs, and changes live", async (t) => {
@@ -265,6 +268,24 @@ t.test("--tombstone-grace is seconds, sets compaction.tombstoneGraceMs, and chan
   t.same(diffSettings(old, next), { live: { compaction: { tombstoneGraceMs: 20_000 } }, restartNeeded: [] }, "a changed file applies live")
   const pinned = ok({ flags: { config: "t.json", tombstoneGrace: "5" }, file: { tombstoneGrace: 10 } })
   t.same(diffSettings(pinned, ok({ flags: { config: "t.json", tombstoneGrace: "5" }, file: { tombstoneGrace: 20 } })), { live: {}, restartNeeded: [] }, "the flag still wins")
+})
+
+t.test("--aae-window is UTC hours FROM-TO, or always, and changes live", async (t) => {
+  t.same(ok({ flags: { aaeWindow: "22-6" } }).aaeWindow, { from: 22, to: 6 }, "wrapping midnight")
+  t.same(ok({ flags: { aaeWindow: " 1 - 5 " } }).aaeWindow, { from: 1, to: 5 })
+  t.same(ok({ flags: { aaeWindow: "0-24" } }).aaeWindow, { from: 0, to: 24 })
+  t.equal(ok({ flags: { aaeWindow: "always" } }).aaeWindow, null)
+  t.same(ok({ file: { aaeWindow: { from: 3, to: 4 } } }).aaeWindow, { from: 3, to: 4 }, "an object in the file")
+  t.equal(ok({ file: { aaeWindow: null } }).aaeWindow, null, "null in the file: any hour")
+  const expected = 'must be UTC hours FROM-TO (FROM 0 to 23, TO 0 to 24, not equal), such as "22-6", or "always"'
+  t.same(errorsOf({ flags: { aaeWindow: "5-5" } }), [`--aae-window ${expected}; got 5-5`])
+  t.same(errorsOf({ flags: { aaeWindow: "24-2" } }), [`--aae-window ${expected}; got 24-2`])
+  t.same(errorsOf({ env: { TALLY_AAE_WINDOW: "night" } }), [`TALLY_AAE_WINDOW ${expected}; got night`])
+  t.same(errorsOf({ flags: { config: "t.json" }, file: { aaeWindow: 5 } }), [`"aaeWindow" in t.json ${expected}; got 5`])
+  const old = ok({ file: { aaeWindow: "1-2" } })
+  t.same(diffSettings(old, ok({ file: { aaeWindow: "always" } })), { live: { aaeWindow: null }, restartNeeded: [] })
+  t.same(diffSettings(ok({}), old), { live: { aaeWindow: { from: 1, to: 2 } }, restartNeeded: [] })
+  t.same(applyLivePatch(old, { aaeWindow: null }).aaeWindow, null)
 })
 
 t.test("shouldLog filters by level", async (t) => {
