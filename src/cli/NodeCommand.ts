@@ -4,6 +4,7 @@
  * (stop accepting, finish in-flight requests, flush) before exiting 0. A second signal exits
  * at once.
  */
+import * as net from "node:net"
 import { pathToFileURL } from "node:url"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -131,6 +132,24 @@ export const runNode = (
     log("info", `node ${node.id} stopped`)
   }))
 
+/** Whether `host` is a loopback address: 127.0.0.0/8, ::1, or "localhost". */
+export const isLoopbackHost = (host: string): boolean => {
+  const h = host.toLowerCase().replace(/^\[(.*)\]$/, "$1")
+  if (h === "localhost" || h === "::1") return true
+  const v4 = h.startsWith("::ffff:") ? h.slice(7) : h
+  return net.isIPv4(v4) && v4.startsWith("127.")
+}
+
+/**
+ * Protected mode (as Redis has it): a node reachable beyond loopback must authenticate its
+ * peers, so without a cluster secret it does not start. The reason, or undefined to go on.
+ */
+export const protectedModeProblem = (settings: Pick<NodeSettings, "host" | "clusterSecretFile">): string | undefined =>
+  settings.clusterSecretFile !== undefined || isLoopbackHost(settings.host)
+    ? undefined
+    : `refusing to listen on ${settings.host} without a cluster secret (protected mode): anyone who can reach the internode port could read and change every key. ` +
+      "Set --cluster-secret-file FILE (the same secret on every node; TALLY_CLUSTER_SECRET_FILE), or listen on loopback only (--host 127.0.0.1)"
+
 type NodeFlagInput = { readonly [K in FlagKey]: Option.Option<string | boolean> }
 
 const nodeFlags = Object.fromEntries(
@@ -161,6 +180,8 @@ export const nodeCommand = Command.make(
     const flags = toFlagValues(input)
     const resolved = loadSettings({ flags, env: process.env })
     if (Result.isFailure(resolved)) return yield* new InvalidSettings({ errors: resolved.failure })
+    const refused = protectedModeProblem(resolved.success)
+    if (refused !== undefined) return yield* new InvalidSettings({ errors: [refused] })
     const startNode = yield* loadStartNode
     yield* runNode(resolved.success, startNode, { flags, env: process.env })
   })

@@ -62,6 +62,8 @@ export interface NodeSettings {
   readonly logLevel: LogLevel
   readonly enableFaultInjection: boolean
   readonly config: string | undefined
+  /** File of the cluster secret (src/transport/Tls.ts); undefined: internode traffic is plain TCP. */
+  readonly clusterSecretFile?: string | undefined
   /** Partition transfers this node receives at once (live). */
   readonly transferConcurrency: number
   /** Most bytes per second this node pulls in transfers, 0 for no limit (live). */
@@ -205,6 +207,7 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("aaeIntervalMs", "aae-interval", "MS", "pause between anti-entropy exchanges, 0 turns anti-entropy off (live)", String(DEFAULTS.aaeIntervalMs)),
   flag("aaeWindow", "aae-window", "H-H", "UTC hours [from, to) in which anti-entropy exchanges run, e.g. 22-6; always: any hour (live)", "always"),
   flag("tombstoneGrace", "tombstone-grace", "S", "seconds a tombstone is kept at least; it goes only once every primary holds it (live)", String(DEFAULTS.compaction.tombstoneGraceMs / 1000)),
+  flag("clusterSecretFile", "cluster-secret-file", "FILE", "secret shared by the cluster's nodes: internode traffic is TLS, authenticated with it; a second line is a previous secret still accepted; needed to listen beyond loopback", "none: plain TCP, loopback only"),
   flag("config", "config", "FILE", "JSON config file with the same settings; watched for live changes", "none"),
   flag("enableFaultInjection", "enable-fault-injection", undefined, "turn on POST /admin/faults (tests only)", "off")
 ]
@@ -248,6 +251,7 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   aaeIntervalMs: { type: "int", min: 0, max: MAX_INT },
   aaeWindow: { type: "window" },
   tombstoneGrace: { type: "int", min: 0, max: MAX_GRACE_SECONDS },
+  clusterSecretFile: { type: "text", pattern: /\S/, expected: "a file path" },
   config: { type: "text", pattern: /\S/, expected: "a file path" }
 }
 
@@ -542,6 +546,7 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     logLevel: (values.logLevel as LogLevel | undefined) ?? DEFAULTS.logLevel,
     enableFaultInjection: (values.enableFaultInjection as boolean | undefined) ?? DEFAULTS.enableFaultInjection,
     config: path,
+    clusterSecretFile: values.clusterSecretFile as string | undefined,
     compaction: compaction as unknown as CompactionSettings
   })
 }

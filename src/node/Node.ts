@@ -21,6 +21,7 @@ import { type AaeConfig, AntiEntropy, isAaeMessage } from "../aae/AntiEntropy.ts
 import { isReapingMessage, Reaping, type ReapingConfig } from "../aae/Reaping.ts"
 import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
+import { readSecretFile } from "../transport/Tls.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
 import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
 import * as Dvv from "../versions/Dvv.ts"
@@ -99,9 +100,11 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     // Records of the first format carry no partition: the ring's function names it.
     partitionOf: (key) => partitionOf(key, settings.partitions)
   })
+  // The secret is read once, at start: a bad file stops the node before it listens.
+  const tls = settings.clusterSecretFile === undefined ? undefined : readSecretFile(settings.clusterSecretFile)
   const transport = options.network !== undefined
     ? Transport.layerMemory(options.network, { nodeId: settings.id, cluster })
-    : Transport.layer({ nodeId: settings.id, host: settings.host, port: settings.clusterPort, cluster })
+    : Transport.layer({ nodeId: settings.id, host: settings.host, port: settings.clusterPort, cluster, tls })
   const membership = Membership.layer({
     self: { id: settings.id, host: settings.host, port: settings.port, clusterPort: settings.clusterPort },
     n: settings.n,

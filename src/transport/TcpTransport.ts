@@ -8,11 +8,16 @@
  * written but unanswered (more wait, inside their timeout); writes stop at socket.write's
  * false and resume on 'drain'; damaged bytes close their connection only. Timers are plain
  * Node timers: this layer is for real time, MemoryNetwork is for simulated time.
+ *
+ * With `tls` (Tls.ts) every connection is TLS and the frames below run on its decrypted
+ * stream: an inbound socket exists for us only after its handshake, an outbound one is used
+ * only after "secureConnect", so nothing from a peer without our secret is ever decoded.
  */
 import * as net from "node:net"
 import { Effect, FiberSet } from "effect"
 import { HandlerSlot, handleIncoming, type Incoming } from "./Reply.ts"
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, bodyBytes, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame, type Hello, type MalformedFrame } from "./Frame.ts"
+import * as Tls from "./Tls.ts"
 import type { Peer, TransportApi, TransportStats } from "./Transport.ts"
 import { transportError, type TransportError } from "./TransportError.ts"
 
@@ -40,6 +45,8 @@ export interface TcpTransportConfig {
    * accepted, for the connection to be ready (then it is dropped). Default 5000 ms.
    */
   readonly sendTimeoutMs?: number
+  /** Internode TLS with the cluster secret (Tls.ts); absent: plain TCP. */
+  readonly tls?: Tls.InternodeTls | undefined
 }
 
 type Resume = (effect: Effect.Effect<unknown, TransportError>) => void
@@ -288,7 +295,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
 
     private connect(): void {
       this.state = "connecting"
-      const socket = net.connect({ host: this.peer.host, port: this.peer.port })
+      const socket = Tls.connect(config.tls, this.peer.host, this.peer.port)
       const timer = setTimeout(() => socket.destroy(new Error(`connect timed out after ${connectTimeoutMs} ms`)), connectTimeoutMs)
       let refusal: TransportError | undefined
       const wire = new Wire(
@@ -318,6 +325,10 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
         () => {
           clearTimeout(timer)
           if (this.wire === wire) this.wire = undefined
+          if (refusal === undefined && this.refusal === undefined && config.tls !== undefined && this.state !== "ready" && Tls.isHandshakeFailure(wire.lastError)) {
+            refusal = transportError("refused", this.peer.id, `node ${this.peer.id} at ${this.peer.host}:${this.peer.port} failed the TLS handshake (does it hold another cluster secret?): ${wire.lastError!.message.split("\n")[0]}`)
+            warn(refusal.message)
+          }
           this.onClosed(wire, refusal ?? this.refusal)
           this.refusal = undefined
         },
@@ -325,7 +336,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       )
       this.wire = wire
       socket.setKeepAlive(true, 10_000)
-      socket.once("connect", () => {
+      socket.once(Tls.readyEvent(config.tls), () => {
         clearTimeout(timer)
         if (this.wire !== wire) return wire.destroy()
         this.state = "handshaking"
@@ -477,9 +488,16 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
     }
   }
 
-  const server = net.createServer((socket) => {
+  let handshakeFailures = 0
+  const server = Tls.createServer(config.tls, HELLO_TIMEOUT_MS, (socket) => {
     if (closed) return void socket.destroy()
     inbounds.add(new Inbound(socket))
+  }, (e, socket) => {
+    // One warning per power of two failures: a scanner must not flood the log.
+    handshakeFailures++
+    if ((handshakeFailures & (handshakeFailures - 1)) === 0) {
+      warn(`closing connection from ${remoteAddress(socket)}: TLS handshake failed (${handshakeFailures} so far; another cluster secret, or no TLS): ${e.message.split("\n")[0]}`)
+    }
   })
 
   const port = yield* Effect.acquireRelease(

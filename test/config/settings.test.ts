@@ -186,7 +186,7 @@ t.test("validation errors name the source and what is expected", async (t) => {
 t.test("config file errors: unknown keys, wrong types, bad shapes", async (t) => {
   const flags = { config: "t.json" }
   t.same(errorsOf({ flags, file: { prot: 1 } }), [
-    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, aaeWindow, tombstoneGrace, compaction'
+    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, aaeWindow, tombstoneGrace, clusterSecretFile, compaction'
   ])
   t.same(errorsOf({ flags, file: { port: "8080" } }), ['"port" in t.json must be an integer from 1 to 65535; got "8080" (a string)'])
   t.same(errorsOf({ flags, file: { w: 5 } }), ['"w" in t.json must be an integer from 1 to n (3); got 5'])
@@ -294,4 +294,17 @@ t.test("shouldLog filters by level", async (t) => {
   t.notOk(shouldLog("info", "debug"))
   t.notOk(shouldLog("silent", "fatal"))
   t.ok(shouldLog("trace", "debug"))
+})
+
+t.test("--cluster-secret-file: none by default; flag, TALLY_CLUSTER_SECRET_FILE or file key; a restart to change", async (t) => {
+  t.equal(ok({}).clusterSecretFile, undefined, "no secret by default: plain TCP")
+  const f = NODE_FLAGS.find((x) => x.key === "clusterSecretFile")!
+  t.equal(f.flag, "cluster-secret-file")
+  t.equal(f.env, "TALLY_CLUSTER_SECRET_FILE")
+  t.equal(f.metavar, "FILE")
+  t.equal(ok({ flags: { clusterSecretFile: "/etc/tally/secret" } }).clusterSecretFile, "/etc/tally/secret")
+  t.equal(ok({ env: { TALLY_CLUSTER_SECRET_FILE: "/s" } }).clusterSecretFile, "/s")
+  t.equal(ok({ flags: { config: "t.json" }, file: { "cluster-secret-file": "/f" } }).clusterSecretFile, "/f")
+  t.same(errorsOf({ flags: { clusterSecretFile: " " } }), ['--cluster-secret-file must be a file path; got " "'])
+  t.same(diffSettings(ok({}), ok({ flags: { clusterSecretFile: "/s" } })), { live: {}, restartNeeded: ["clusterSecretFile"] })
 })
