@@ -124,6 +124,8 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
 
   const park = (owner: string, key: string, object: StoredObject) =>
     Effect.suspend(() => {
+      // The owner names a directory: a peer's "../../x" must not open a log outside this one.
+      if (!Dvv.NODE_ID.test(owner)) return Effect.fail(apiError("bad_request", `cannot park a write for ${JSON.stringify(owner.slice(0, 80))}: not a node id`))
       const q = partitionOf(key, config.partitions)
       parking.set(q, (parking.get(q) ?? 0) + 1)
       return locks.with(`${owner}\u0000${key}`, Effect.suspend(() => {

@@ -47,8 +47,8 @@ export interface DvvSet<V> {
   readonly floor: number
 }
 
-/** Node ids, as the command line accepts them. */
-export const NODE_ID = /^[A-Za-z0-9_.-]{1,64}$/
+/** Node ids, as the command line accepts them; never "." or "..", since ids name directories. */
+export const NODE_ID = /^(?!\.\.?$)[A-Za-z0-9_.-]{1,64}$/
 /**
  * Dot ids (actors): a node id and, after `@`, the epoch of the process that wrote (Riak's
  * kv679 lesson). A node draws a new epoch each time it starts, so a node that lost its disk,
