@@ -3,7 +3,9 @@
  * TCP on 127.0.0.1, client in this process, server in a child process (spawned from this file
  * with --serve). The peer in the same run is a bare node:net client and server speaking the
  * same frames (Frame.ts), batching writes per event-loop turn as the transport does, with no
- * Effect, no hello, no timeouts, no backpressure: the floor.
+ * Effect, no hello, no timeouts, no backpressure: the floor. A third case runs the same
+ * transport with --cluster-secret-file's TLS (Tls.ts, TLS 1.3 PSK, AES-128-GCM), to give
+ * TLS / plain in the same run.
  * Payload: 1 KiB of bytes, echoed back. Concurrency 1 and 64 (requests outstanding at once).
  * Prints a table, then one JSON line with the figures.
  *
@@ -15,6 +17,7 @@ import * as os from "node:os"
 import { parseArgs } from "node:util"
 import { Context, Effect, Exit, Layer, Logger, Scope } from "effect"
 import { encodeFrame, FrameDecoder } from "../src/transport/Frame.ts"
+import * as Tls from "../src/transport/Tls.ts"
 import { Transport, type Peer, type TransportApi } from "../src/transport/Transport.ts"
 import { fmt, progress, table } from "./lib/measure.ts"
 
@@ -29,6 +32,7 @@ const { values: args } = parseArgs({
 })
 const CLUSTER = { n: 3, partitions: 64 }
 const HOST = "127.0.0.1"
+const TLS = Tls.fromSecrets(["perf/transport.ts cluster secret"])
 
 /** socket.write, with the frames of one event-loop turn sent in one writev, as the transport does. */
 const batched = (socket: net.Socket) => {
@@ -65,7 +69,10 @@ const serve = () => {
       Effect.gen(function*() {
         const t = yield* Transport
         yield* t.serve((_from, p) => Effect.succeed(p))
-        process.stdout.write(`ready ${t.self.port} ${(bare.address() as net.AddressInfo).port}\n`)
+        const s = Context.get(yield* Layer.build(Transport.layer({ nodeId: "server-tls", host: HOST, port: 0, cluster: CLUSTER, tls: TLS })), Transport)
+        yield* s.serve((_from, p) => Effect.succeed(p))
+        const secured = s.self.port
+        process.stdout.write(`ready ${t.self.port} ${(bare.address() as net.AddressInfo).port} ${secured}\n`)
         return yield* Effect.never
       }).pipe(Effect.scoped, Effect.provide(Transport.layer({ nodeId: "server", host: HOST, port: 0, cluster: CLUSTER })))
     )
@@ -73,7 +80,7 @@ const serve = () => {
 }
 
 interface Case {
-  readonly impl: "tally" | "bare"
+  readonly impl: "tally" | "tls" | "bare"
   readonly concurrency: number
   readonly rps: number
   readonly p50: number
@@ -106,7 +113,7 @@ const measureBare = async (c: number, ms: number, op: () => Promise<unknown>): P
 }
 
 /** Runs `c` fibers, each requesting in a loop for `ms`, as a caller inside Effect (the coordinator) does. */
-const measureTally = (c: number, ms: number, op: Effect.Effect<unknown, unknown>): Promise<Case> =>
+const measureTally = (c: number, ms: number, op: Effect.Effect<unknown, unknown>, impl: "tally" | "tls" = "tally"): Promise<Case> =>
   Effect.runPromise(Effect.suspend(() => {
     const latencies: number[] = []
     const t0 = performance.now()
@@ -119,7 +126,7 @@ const measureTally = (c: number, ms: number, op: Effect.Effect<unknown, unknown>
       }
     })
     return Effect.forEach(Array.from({ length: c }), () => loop, { concurrency: "unbounded", discard: true }).pipe(
-      Effect.map(() => summarise("tally", c, latencies, performance.now() - t0))
+      Effect.map(() => summarise(impl, c, latencies, performance.now() - t0))
     )
   }))
 
@@ -162,12 +169,12 @@ const main = async () => {
   progress(`${cpus.length} x ${cpus[0]?.model}, Node ${process.version}, payload ${payload.length} bytes, ${seconds} s per case`)
 
   const child = spawn(process.execPath, [import.meta.filename, "--serve"], { stdio: ["ignore", "pipe", "inherit"] })
-  const [tallyPort, barePort] = await new Promise<[number, number]>((resolve, reject) => {
+  const [tallyPort, barePort, tlsPort] = await new Promise<[number, number, number]>((resolve, reject) => {
     let out = ""
     child.stdout!.on("data", (d: Buffer) => {
       out += d.toString()
-      const m = /^ready (\d+) (\d+)$/m.exec(out)
-      if (m) resolve([Number(m[1]), Number(m[2])])
+      const m = /^ready (\d+) (\d+) (\d+)$/m.exec(out)
+      if (m) resolve([Number(m[1]), Number(m[2]), Number(m[3])])
     })
     child.once("exit", (code) => reject(new Error(`server exited with ${code} before it was ready`)))
   })
@@ -179,11 +186,16 @@ const main = async () => {
   const transport: TransportApi = Context.get(context, Transport)
   const server: Peer = { id: "server", host: HOST, port: tallyPort }
   const tallyOp = transport.request(server, payload, 10_000)
+  const tlsContext = await Effect.runPromise(
+    Layer.buildWithScope(Transport.layer({ nodeId: "client-tls", host: HOST, port: 0, cluster: CLUSTER, tls: TLS }).pipe(Layer.provide(Logger.layer([]))), scope)
+  )
+  const tlsOp = Context.get(tlsContext, Transport).request({ id: "server-tls", host: HOST, port: tlsPort }, payload, 10_000)
   const bare = await bareClient(barePort)
   const bareOp = () => bare.request(payload)
 
   const check = (await Effect.runPromise(tallyOp)) as Uint8Array
   if (check.length !== payload.length) throw new Error("the echo came back wrong")
+  if (((await Effect.runPromise(tlsOp)) as Uint8Array).length !== payload.length) throw new Error("the TLS echo came back wrong")
 
   const cases: Case[] = []
   for (const c of levels) {
@@ -193,6 +205,9 @@ const main = async () => {
     progress(`tally, concurrency ${c}: warm-up ${warmup} s, then ${seconds} s`)
     await measureTally(c, warmup * 1000, tallyOp)
     cases.push(await measureTally(c, seconds * 1000, tallyOp))
+    progress(`tally over TLS, concurrency ${c}: warm-up ${warmup} s, then ${seconds} s`)
+    await measureTally(c, warmup * 1000, tlsOp, "tls")
+    cases.push(await measureTally(c, seconds * 1000, tlsOp, "tls"))
   }
   bare.close()
   await Effect.runPromise(Scope.close(scope, Exit.void))
@@ -200,14 +215,19 @@ const main = async () => {
 
   console.log(table([
     ["transport", "concurrency", "req/s", "p50 ms", "p99 ms", "requests"],
-    ...cases.map((x) => [x.impl === "tally" ? "tally Transport" : "bare net+frames", String(x.concurrency), fmt(x.rps), fmt(x.p50, 3), fmt(x.p99, 3), fmt(x.requests)])
+    ...cases.map((x) => [x.impl === "tally" ? "tally Transport" : x.impl === "tls" ? "tally Transport, TLS" : "bare net+frames", String(x.concurrency), fmt(x.rps), fmt(x.p50, 3), fmt(x.p99, 3), fmt(x.requests)])
   ]))
   const ratio = Object.fromEntries(levels.map((c) => {
     const t = cases.find((x) => x.impl === "tally" && x.concurrency === c)!
     const b = cases.find((x) => x.impl === "bare" && x.concurrency === c)!
     return [`c${c}`, t.rps / b.rps]
   }))
-  console.log(JSON.stringify({ bench: "transport", payload_bytes: payload.length, seconds, cpus: cpus.length, node: process.version, cases, ratio_tally_to_bare: ratio }))
+  const tlsRatio = Object.fromEntries(levels.map((c) => {
+    const t = cases.find((x) => x.impl === "tally" && x.concurrency === c)!
+    const s = cases.find((x) => x.impl === "tls" && x.concurrency === c)!
+    return [`c${c}`, s.rps / t.rps]
+  }))
+  console.log(JSON.stringify({ bench: "transport", payload_bytes: payload.length, seconds, cpus: cpus.length, node: process.version, cases, ratio_tally_to_bare: ratio, ratio_tls_to_plain: tlsRatio }))
 }
 
 if (args.serve) serve()
