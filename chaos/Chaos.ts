@@ -229,7 +229,13 @@ export const runChaos = async (o: ChaosOptions): Promise<ChaosResult> => {
 
     // ---- nemesis: every kind once in a seeded order, then seeded picks
     const pick = <A>(xs: ReadonlyArray<A>): A => xs[Math.floor(random() * xs.length)]!
-    const order = [...faultKinds].sort(() => random() - 0.5)
+    // Every kind once first, in a seeded order but wipe before membership (a join keeps the
+    // ring moving for a while, and a wipe waits for a settled ring).
+    const order: FaultKind[] = [...faultKinds].sort(() => random() - 0.5)
+    if (order.indexOf("wipe") > order.indexOf("membership")) {
+      order[order.indexOf("wipe")] = "membership"
+      order[order.lastIndexOf("membership")] = "wipe"
+    }
     const deadline = t0 + o.seconds * 1000
     const hold = () => 800 + Math.floor(random() * 1500)
     let nextId = o.nodes
@@ -256,12 +262,15 @@ export const runChaos = async (o: ChaosOptions): Promise<ChaosResult> => {
       busy.add(p)
       pending.push(f().then(() => note(what), (e) => note(`${what} failed: ${String(e).slice(0, 300)}`)).finally(() => busy.delete(p)))
     }
-    for (let round = 0; Date.now() < deadline; round++) {
-      let kind = round < order.length ? order[round]! : pick(faultKinds)
+    // Past the deadline only to inject a kind not yet injected, for at most 30 s.
+    while (Date.now() < deadline || (order.length > 0 && Date.now() < deadline + 30_000)) {
+      const first = order.length > 0
+      let kind = first ? order.shift()! : pick(faultKinds)
       const ms = members()
       if ((kind === "wipe" || kind === "membership") && !(await safeForDestructive())) {
+        // Deferred: in the first round to the back of the queue, behind the kinds still to come.
+        if (first) order.push(kind)
         await sleep(250)
-        if (round < order.length) round--
         continue
       }
       if (idle().length === 0) kind = "partition"
