@@ -3,20 +3,24 @@
  * operations on the key's preference list (Ring.ts) and answers once r or w replicas have.
  *
  * Writes are coordinated by a primary replica of the key (a node outside the list forwards
- * to one), which makes the new version against its own copy, so its dot is unique. The
- * encoded object then goes to the other primaries; with sloppy quorum an unreachable
- * primary's copy goes to the next healthy node on the ring walk, parked for it (Handoff.ts).
- * Reads ask every primary (or its fallback), merge the first r answers, and repair stale
- * replicas in the background once all have answered. Strict mode (sloppy=false) counts only
- * primaries. A write that misses its quorum is not undone (as in Dynamo): it may surface later.
+ * to one, with a request id so that a retry is not coordinated twice), which makes the new
+ * version against its own copy, so its dot is unique. The encoded object then goes to the
+ * other primaries; with sloppy quorum an unreachable primary's copy goes to the next healthy
+ * node on the ring walk, parked for it (Handoff.ts). Reads ask every primary (or its
+ * fallback), merge the first r answers, and repair stale replicas in the background once all
+ * have answered. Strict mode (sloppy=false) counts only primaries. While the ring moves, the
+ * primaries are those of the current and of the next ring, and r or w must be met in each
+ * (ClusterState.quorumSets). A write that misses its quorum is not undone (as in Dynamo): it
+ * may surface later.
  */
-import { Context, Deferred, Effect, Exit, Layer, Option } from "effect"
+import { Clock, Context, Deferred, Effect, Exit, Layer, Option, Random } from "effect"
 import { apiError, ApiError } from "../Errors.ts"
 import { Handoff } from "../handoff/Handoff.ts"
 import { Membership } from "../membership/Membership.ts"
 import { Replica, type Coordinated, type Encoded } from "../replica/Replica.ts"
-import { partitionOf, preferenceList, ringWalk } from "../ring/Ring.ts"
-import { Transport } from "../transport/Transport.ts"
+import { quorumSets } from "../membership/ClusterState.ts"
+import { partitionOf, ringWalk } from "../ring/Ring.ts"
+import { Transport, TransportError } from "../transport/Transport.ts"
 import * as Dvv from "../versions/Dvv.ts"
 import { decodeObject, decodeSibling, encodeObject, encodeSibling, type Sibling, type StoredObject } from "../versions/Sibling.ts"
 import type { DataMessage, DataReply } from "./Messages.ts"
@@ -91,44 +95,74 @@ export class Coordinator extends Context.Service<Coordinator, {
   static readonly layer = (config: { readonly n: number }) => Layer.effect(Coordinator, make(config))
 }
 
-interface Quorate<A> {
-  /** Successes when the wait ended (at least `needed` if `ok`). */
+/** Tasks (by index) of which at least `needed` must succeed: one replica set's quorum. */
+export interface QuorumGroup {
+  readonly tasks: ReadonlyArray<number>
+  readonly needed: number
+}
+
+/** How a wait for a quorum ended. */
+export interface Quorate<A> {
+  /** Successes when the wait ended, in the order they came (every group met if `ok`). */
   readonly results: ReadonlyArray<A>
   readonly ok: boolean
   readonly timedOut: boolean
-  /** Every outcome, once every task has settled. */
+  /** Per group, its tasks that had succeeded when the wait ended. */
+  readonly counts: ReadonlyArray<number>
+  /** Every success, once every task has settled. */
   readonly all: Effect.Effect<ReadonlyArray<A>>
 }
 
 /**
- * Runs `tasks` concurrently and returns once `needed` succeeded, once that became impossible,
- * or after `timeoutMs`. The tasks left running go on in the background.
+ * Runs `tasks` concurrently and returns once every group has `needed` successes, or after
+ * `timeoutMs`. Once some group can no longer be met, it still waits (within the timeout) for
+ * the tasks in flight, so that a failure counts every replica that did acknowledge: a replica
+ * known to be down fails at once, before a healthy one could answer. The tasks left running
+ * go on in the background.
  */
-const awaitQuorum = <A>(tasks: ReadonlyArray<Effect.Effect<A, unknown>>, needed: number, timeoutMs: number) =>
+export const awaitQuorum = <A>(tasks: ReadonlyArray<Effect.Effect<A, unknown>>, groups: ReadonlyArray<QuorumGroup>, timeoutMs: number) =>
   Effect.gen(function*() {
+    const clock = yield* Clock.Clock
+    const started = clock.currentTimeMillisUnsafe()
+    const state = new Array<"running" | "ok" | "failed">(tasks.length).fill("running")
     const results: A[] = []
-    let failures = 0
+    let settledTasks = 0
     const decided = yield* Deferred.make<void>()
     const settled = yield* Deferred.make<ReadonlyArray<A>>()
+    const count = (g: QuorumGroup, s: "ok" | "failed") => g.tasks.reduce((n, i) => n + (state[i] === s ? 1 : 0), 0)
+    const met = () => groups.every((g) => count(g, "ok") >= g.needed)
+    const hopeless = () => groups.some((g) => g.tasks.length - count(g, "failed") < g.needed)
     const check = () => {
-      if (results.length >= needed || results.length + (tasks.length - results.length - failures) < needed) Deferred.doneUnsafe(decided, Exit.void)
-      if (results.length + failures === tasks.length) Deferred.doneUnsafe(settled, Exit.succeed(results))
+      if (met() || hopeless()) Deferred.doneUnsafe(decided, Exit.void)
+      if (settledTasks === tasks.length) Deferred.doneUnsafe(settled, Exit.succeed(results))
     }
     check()
-    for (const task of tasks) {
-      yield* task.pipe(
+    for (let i = 0; i < tasks.length; i++) {
+      yield* tasks[i]!.pipe(
         Effect.exit,
         Effect.map((exit) => {
-          if (Exit.isSuccess(exit)) results.push(exit.value)
-          else failures++
+          settledTasks++
+          if (Exit.isSuccess(exit)) {
+            state[i] = "ok"
+            results.push(exit.value)
+          } else state[i] = "failed"
           check()
         }),
         Effect.forkDetach
       )
     }
     const timedOut = Option.isNone(yield* Deferred.await(decided).pipe(Effect.timeoutOption(timeoutMs)))
-    return { results: [...results], ok: results.length >= needed, timedOut, all: Deferred.await(settled) } satisfies Quorate<A>
+    if (!timedOut && !met()) {
+      const left = timeoutMs - (clock.currentTimeMillisUnsafe() - started)
+      if (left > 0) yield* Deferred.await(settled).pipe(Effect.timeoutOption(left))
+    }
+    const ok = met()
+    return { results: [...results], ok, timedOut: timedOut && !ok, counts: groups.map((g) => count(g, "ok")), all: Deferred.await(settled) } satisfies Quorate<A>
   })
+
+/** The groups for tasks labelled by the node each stands for: per replica set, its tasks, and min(count, size). */
+export const groupsOf = (sets: ReadonlyArray<ReadonlyArray<string>>, labels: ReadonlyArray<string>, count: number): QuorumGroup[] =>
+  sets.map((set) => ({ tasks: labels.flatMap((l, i) => (set.includes(l) ? [i] : [])), needed: Math.min(count, set.length) }))
 
 /**
  * A replica operation with a hedge: if it has not succeeded within a quarter of the timeout
@@ -142,6 +176,30 @@ const hedged = <A>(task: Effect.Effect<A, unknown>, backup: (() => Effect.Effect
 const mergeAll = (found: ReadonlyArray<Encoded | undefined>): StoredObject | undefined =>
   found.reduce<StoredObject | undefined>((acc, x) => (x === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
 
+/** Where a key lives: its replica sets (ClusterState.quorumSets) and where to fall back. */
+interface Placement {
+  /** The current preference list: who coordinates writes, and who holds the key once settled. */
+  readonly prefs: ReadonlyArray<string>
+  /** The sets a quorum must be met in: `prefs`, and while the key's list moves, the next one. */
+  readonly sets: ReadonlyArray<ReadonlyArray<string>>
+  /** Every node of `sets` once, `prefs` first: asked on every read, sent every write. */
+  readonly replicas: ReadonlyArray<string>
+  readonly walk: ReadonlyArray<string>
+}
+
+/** Recent forwarded writes by request id: the write context, once the write is durable here. */
+interface RecentWrite {
+  readonly key: string
+  readonly context: Deferred.Deferred<string | undefined>
+}
+
+/** A peer's transport answered that it serves no requests yet (Reply.ts): it is starting. */
+const starting = (e: unknown) => e instanceof TransportError && e.reason === "remote" && e.remoteCode === "unavailable"
+const STARTING_RETRY_MS = 50
+
+/** How many forwarded writes' ids a node remembers (a retry follows within one request's timeout). */
+const RECENT_WRITES = 4096
+
 /** Builds the coordinator over the local replica, the membership, the transport and handoff. */
 export const make = Effect.fnUntraced(function*(config: { readonly n: number }) {
   const replica = yield* Replica
@@ -150,26 +208,34 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
   const handoff = yield* Handoff
   const self = membership.self.id
   const stats: CoordinatorStats = { fallbackWrites: 0, readRepairs: 0, forwardedWrites: 0, quorumFailures: { get: 0, put: 0 } }
+  const ridPrefix = `${self}:${(yield* Random.nextInt).toString(36)}`
+  let ridCounter = 0
+  const recent = new Map<string, RecentWrite>()
 
-  /**
-   * Where a key lives: the current preference list (reads and acknowledgements) and, while
-   * the ring moves, the replicas it is gaining (`incoming`), which get every write too so that
-   * they need not wait for their transfer to see it.
-   */
-  const placement = (key: string) => {
+  const placement = (key: string): Placement => {
     const ring = membership.ring()
-    const next = membership.nextRing()
     const p = partitionOf(key, ring.partitions)
-    const prefs = preferenceList(ring, p, config.n)
-    const incoming = membership.moving() ? preferenceList(next, p, config.n).filter((x) => !prefs.includes(x)) : []
-    return { prefs, walk: ringWalk(ring, p), incoming }
+    const sets = quorumSets(ring, membership.nextRing(), p, config.n)
+    const prefs = sets[0]!
+    const replicas = sets.length === 1 ? prefs : [...prefs, ...sets[1]!.filter((x) => !prefs.includes(x))]
+    return { prefs, sets, replicas, walk: ringWalk(ring, p) }
   }
   const usable = (id: string) => id === self || membership.status(id) !== "down"
 
-  const call = (id: string, msg: DataMessage, timeoutMs: number): Effect.Effect<DataReply, unknown> => {
+  /**
+   * One data message to `id`, answered within `timeoutMs`. A node that is a ring member but
+   * still starting (it joined, and has not begun to serve) is asked again every 50 ms unless
+   * `once`: during a move it may be a replica that a quorum of the next set needs.
+   */
+  const call = (id: string, msg: DataMessage, timeoutMs: number, once = false): Effect.Effect<DataReply, unknown> => {
     const peer = membership.peer(id)
     if (peer === undefined) return Effect.fail(new Error(`unknown node ${id}`))
-    return transport.request(peer, msg, timeoutMs).pipe(
+    const deadline = Date.now() + timeoutMs
+    const attempt = (): Effect.Effect<unknown, unknown> =>
+      transport.request(peer, msg, Math.max(1, deadline - Date.now())).pipe(
+        Effect.catch((e) => (!once && starting(e) && deadline - Date.now() > STARTING_RETRY_MS ? Effect.sleep(STARTING_RETRY_MS).pipe(Effect.andThen(Effect.suspend(attempt))) : Effect.fail(e)))
+      )
+    return attempt().pipe(
       Effect.flatMap((r) => {
         const reply = r as DataReply
         return reply?.t === "apierr" ? Effect.fail(apiError(reply.code, reply.message, { needed: reply.needed, got: reply.got })) : Effect.succeed(reply)
@@ -177,9 +243,10 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     )
   }
 
-  const putTo = (id: string, key: string, object: StoredObject, bytes: Uint8Array, timeoutMs: number, hint?: string): Effect.Effect<void, unknown> => {
+  /** Stores `object` on `id`; `forwarded` (a forwarded write's id and context) lets `id` recognise a retry of it. */
+  const putTo = (id: string, key: string, object: StoredObject, bytes: Uint8Array, timeoutMs: number, hint?: string, forwarded?: { readonly rid: string; readonly ctx: string }): Effect.Effect<void, unknown> => {
     if (id === self) return hint === undefined ? Effect.asVoid(replica.merge(key, object)) : handoff.park(hint, key, object)
-    return Effect.asVoid(call(id, { t: "put", key, object: bytes, ...(hint === undefined ? {} : { hint }) }, timeoutMs))
+    return Effect.asVoid(call(id, { t: "put", key, object: bytes, ...(hint === undefined ? {} : { hint }), ...(hint === undefined && forwarded !== undefined ? forwarded : {}) }, timeoutMs))
   }
 
   const getFrom = (id: string, key: string, timeoutMs: number, hint?: string): Effect.Effect<Encoded | undefined, unknown> => {
@@ -198,25 +265,37 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     )
   }
 
-  /** The fallbacks of a key, in ring-walk order: healthy nodes outside the preference list. */
-  const fallbacksOf = (prefs: ReadonlyArray<string>, walk: ReadonlyArray<string>) => walk.filter((id) => !prefs.includes(id) && usable(id))
+  /** The fallbacks of a key, in ring-walk order: healthy nodes outside its replica sets. */
+  const fallbacksOf = (replicas: ReadonlyArray<string>, walk: ReadonlyArray<string>) => walk.filter((id) => !replicas.includes(id) && usable(id))
 
-  const notMet = (needed: number, got: number, timedOut: boolean, timeoutMs: number) =>
-    timedOut
-      ? apiError("timeout", `${got} of ${needed} replicas answered within ${timeoutMs} ms`)
-      : apiError("quorum_not_met", `${needed} replicas needed, ${got} answered; retry later, or lower r/w`, { needed, got })
+  const notMet = (needed: number, got: number, timedOut: boolean, timeoutMs: number, set?: "current" | "next") => {
+    // While the ring moves, each replica set must have r or w of its own: say which one fell short.
+    const of = set === undefined ? "" : ` in each of the current and the next replica sets (the ring is moving)`
+    const had = set === undefined ? "" : ` of the ${set} set`
+    return timedOut
+      ? apiError("timeout", `${got} of ${needed} replicas${had} answered within ${timeoutMs} ms${of === "" ? "" : `; ${needed} are needed${of}`}`)
+      : apiError("quorum_not_met", `${needed} replicas needed${of}, ${got}${had} answered; retry later, or lower r/w`, { needed, got })
+  }
 
-  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, prefs: ReadonlyArray<string>, walk: ReadonlyArray<string>, incoming: ReadonlyArray<string> = []) =>
+  /** The error for a quorum missed in some replica set: that set's count, and which set it was. */
+  const missed = <A>(r: Quorate<A>, groups: ReadonlyArray<QuorumGroup>, timeoutMs: number) => {
+    const i = Math.max(0, groups.findIndex((g, k) => r.counts[k]! < g.needed))
+    return notMet(groups[i]!.needed, r.counts[i]!, r.timedOut, timeoutMs, groups.length === 1 ? undefined : i === 0 ? "current" : "next")
+  }
+
+  /**
+   * Sends a version this node holds durably (`res`, just coordinated or already here) to the
+   * key's other replicas and waits for w of each replica set. A replica being gained during a
+   * move gets it like any other and counts toward the next set.
+   */
+  const replicate = (key: string, res: Coordinated, q: Quorum, place: Placement, rid?: string) =>
     Effect.gen(function*() {
-      const res = yield* replica.coordinate(key, context, sibling)
+      const { prefs, sets, replicas, walk } = place
       const bytes = encodeObject(res.object)
-      // A replica being gained gets the write as well; it does not count toward w (its
-      // transfer brings it whatever this misses).
-      for (const id of incoming) if (id !== self && usable(id)) yield* Effect.forkDetach(Effect.ignore(putTo(id, key, res.object, bytes, q.timeoutMs)))
-      const needed = Math.min(q.count, prefs.length)
-      const fallbacks = fallbacksOf(prefs, walk).filter((id) => id !== self)
+      const forwarded = rid === undefined ? undefined : { rid, ctx: Dvv.encodeContext(res.context) }
+      const fallbacks = fallbacksOf(replicas, walk).filter((id) => id !== self)
       const takeFallback = () => fallbacks.shift()
-      // A primary that cannot take its copy gets it later through handoff. A distinct healthy
+      // A replica that cannot take its copy gets it later through handoff. A distinct healthy
       // fallback parks it and counts toward w (sloppy quorum); when there is none (a cluster of
       // N nodes or fewer), or in strict mode, this node parks it and it does not count: one
       // node holding two copies is one replica.
@@ -228,24 +307,70 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
         stats.fallbackWrites++
         return putTo(f, key, res.object, bytes, q.timeoutMs, owner).pipe(Effect.catch(() => parkHere(owner)))
       }
+      // Each task is labelled with the replica it stands for; this node's own copy is durable.
+      const labels: string[] = []
       const tasks: Array<Effect.Effect<void, unknown>> = []
-      let local = 1
+      if (replicas.includes(self)) {
+        labels.push(self)
+        tasks.push(Effect.void)
+      }
       if (!prefs.includes(self)) {
         // Coordinating outside the list (every primary unreachable): park our copy for the first.
-        local = 0
+        labels.push(prefs[0]!)
         tasks.push(handoff.park(prefs[0]!, key, res.object))
       }
-      for (const p of prefs) {
+      for (const p of replicas) {
         if (p === self) continue
-        const direct = usable(p) ? putTo(p, key, res.object, bytes, q.timeoutMs) : Effect.fail(new Error(`${p} is down`))
+        const direct = usable(p) ? putTo(p, key, res.object, bytes, q.timeoutMs, undefined, forwarded) : Effect.fail(new Error(`${p} is down`))
+        labels.push(p)
         tasks.push(hedged(direct.pipe(Effect.catch(() => hinted(p))), q.sloppy && usable(p) ? () => hinted(p) : undefined, q.timeoutMs))
       }
-      const r = yield* awaitQuorum(tasks, Math.max(0, needed - local), q.timeoutMs)
+      const groups = groupsOf(sets, labels, q.count)
+      const r = yield* awaitQuorum(tasks, groups, q.timeoutMs)
       if (!r.ok) {
         stats.quorumFailures.put++
-        return yield* notMet(needed, local + r.results.length, r.timedOut, q.timeoutMs)
+        return yield* missed(r, groups, q.timeoutMs)
       }
       return res
+    })
+
+  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, place: Placement) =>
+    replica.coordinate(key, context, sibling).pipe(Effect.flatMap((res) => replicate(key, res, q, place)))
+
+  /** Remembers a forwarded write's id, dropping the oldest beyond the bound. */
+  const remember = (rid: string, key: string) =>
+    Effect.gen(function*() {
+      const entry: RecentWrite = { key, context: yield* Deferred.make<string | undefined>() }
+      recent.delete(rid)
+      recent.set(rid, entry)
+      if (recent.size > RECENT_WRITES) recent.delete(recent.keys().next().value!)
+      return entry
+    })
+
+  /**
+   * A forwarded write, coordinated once per request id. A retry (the forwarder's first
+   * coordinator failed or went silent after its write may have landed) finds the id here if
+   * this node coordinated the write, or stored it as a replica of the first coordinator: it
+   * then replicates the copy it holds again, under the retry's quorum, instead of making a
+   * second version of the same write (a spurious sibling).
+   */
+  const coordinateOnce = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, place: Placement, rid: string | undefined) =>
+    Effect.gen(function*() {
+      if (rid === undefined) return yield* coordinate(key, context, sibling, q, place)
+      const seen = recent.get(rid)
+      if (seen !== undefined && seen.key === key) {
+        const done = yield* Deferred.await(seen.context).pipe(Effect.timeoutOption(q.timeoutMs))
+        if (Option.isNone(done)) return yield* notMet(Math.min(q.count, place.prefs.length), 0, true, q.timeoutMs)
+        const ctx = done.value === undefined ? undefined : Dvv.decodeContext(done.value)
+        const local = ctx === undefined ? undefined : yield* replica.readEncoded(key)
+        if (ctx !== undefined && local !== undefined) return yield* replicate(key, { object: local.object, bytes: local.bytes.length, context: ctx }, q, place, rid)
+      }
+      const entry = yield* remember(rid, key)
+      // Settled however it ends (an interrupted attempt too), so that a retry never waits in vain.
+      const res = yield* replica.coordinate(key, context, sibling).pipe(
+        Effect.onExit((exit) => Deferred.succeed(entry.context, Exit.isSuccess(exit) ? Dvv.encodeContext(exit.value.context) : undefined))
+      )
+      return yield* replicate(key, res, q, place, rid)
     })
 
   /** A node outside the ring knows no owners: it must not answer for them, least of all acknowledge a write. */
@@ -254,16 +379,21 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
   const put = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum): Effect.Effect<Coordinated, ApiError> =>
     Effect.gen(function*() {
       if (!membership.joined()) return yield* notJoined()
-      const { prefs, walk, incoming } = placement(key)
-      if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, prefs, walk, incoming)
-      // The request's timeout bounds all forwarding attempts together, not each one.
+      const place = placement(key)
+      const { prefs } = place
+      if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, place)
+      // The request's timeout bounds all forwarding attempts together, not each one. Every
+      // attempt carries the same request id, so a primary that has the write already does
+      // not coordinate it again.
       const deadline = Date.now() + q.timeoutMs
+      const rid = `${ridPrefix}:${(ridCounter++).toString(36)}`
       for (const p of prefs.filter(usable)) {
         const left = deadline - Date.now()
         if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
         stats.forwardedWrites++
-        const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: left }
-        const reply = yield* call(p, msg, left).pipe(Effect.exit)
+        const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: left, rid }
+        // A primary still starting has not seen the message: the next one is tried at once.
+        const reply = yield* call(p, msg, left, true).pipe(Effect.exit)
         if (Exit.isSuccess(reply)) {
           const r = reply.value
           const object = r.t === "coorded" ? decodeObject(r.object) : undefined
@@ -277,17 +407,17 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
       if (!q.sloppy) return yield* notMet(Math.min(q.count, prefs.length), 0, false, q.timeoutMs)
       const left = deadline - Date.now()
       if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
-      return yield* coordinate(key, context, sibling, { ...q, timeoutMs: left }, prefs, walk, incoming)
+      return yield* coordinate(key, context, sibling, { ...q, timeoutMs: left }, place)
     })
+
+  type Reply = { readonly from: string; readonly primary: boolean; readonly found: Encoded | undefined }
 
   const get = (key: string, q: Quorum): Effect.Effect<ReadResult, ApiError> =>
     Effect.gen(function*() {
       if (!membership.joined()) return yield* notJoined()
-      const { prefs, walk } = placement(key)
-      const needed = Math.min(q.count, prefs.length)
-      const fallbacks = fallbacksOf(prefs, walk)
-      type Reply = { readonly from: string; readonly primary: boolean; readonly found: Encoded | undefined }
-      const tasks = prefs.map((p): Effect.Effect<Reply, unknown> => {
+      const { sets, replicas, walk } = placement(key)
+      const fallbacks = fallbacksOf(replicas, walk)
+      const tasks = replicas.map((p): Effect.Effect<Reply, unknown> => {
         const direct = usable(p) ? getFrom(p, key, q.timeoutMs).pipe(Effect.map((found) => ({ from: p, primary: true, found }))) : Effect.fail(new Error(`${p} is down`))
         if (!q.sloppy) return direct
         // A fallback answers with everything it holds parked under the key, for any owner:
@@ -298,26 +428,27 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
         }
         return hedged(direct.pipe(Effect.catch(viaFallback)), usable(p) ? viaFallback : undefined, q.timeoutMs)
       })
-      const r = yield* awaitQuorum(tasks, needed, q.timeoutMs)
+      const groups = groupsOf(sets, replicas, q.count)
+      const r = yield* awaitQuorum(tasks, groups, q.timeoutMs)
       if (!r.ok) {
         stats.quorumFailures.get++
-        return yield* notMet(needed, r.results.length, r.timedOut, q.timeoutMs)
+        return yield* missed(r, groups, q.timeoutMs)
       }
-      // Read repair, once every replica has answered: primaries holding less get the merge.
-      yield* r.all.pipe(Effect.flatMap((all) => repair(key, prefs, all, q.timeoutMs)), Effect.forkDetach)
+      // Read repair, once every replica has answered: replicas holding less get the merge.
+      yield* r.all.pipe(Effect.flatMap((all) => repair(key, replicas, all, q.timeoutMs)), Effect.forkDetach)
       return { object: mergeAll(r.results.map((x) => x.found)), replies: r.results.length }
     })
 
-  /** Sends the merge of `all` to the primaries whose copy differs from it (or who had none). */
-  const repair = (key: string, prefs: ReadonlyArray<string>, all: ReadonlyArray<{ readonly from: string; readonly primary: boolean; readonly found: Encoded | undefined }>, timeoutMs: number) => {
+  /** Sends the merge of `all` to the replicas whose copy differs from it (or who had none). */
+  const repair = (key: string, replicas: ReadonlyArray<string>, all: ReadonlyArray<Reply>, timeoutMs: number) => {
     const primaries = all.filter((x) => x.primary)
     const first = primaries[0]?.found
-    // The common case: every primary answered with the same bytes. Nothing to merge or encode.
-    if (primaries.length === prefs.length && first !== undefined && all.every((x) => x.found !== undefined && Buffer.compare(x.found.bytes, first.bytes) === 0)) return Effect.void
+    // The common case: every replica answered with the same bytes. Nothing to merge or encode.
+    if (primaries.length === replicas.length && first !== undefined && all.every((x) => x.found !== undefined && Buffer.compare(x.found.bytes, first.bytes) === 0)) return Effect.void
     const full = mergeAll(all.map((x) => x.found))
     if (full === undefined) return Effect.void
     const bytes = encodeObject(full)
-    const stale = prefs.filter((p) => {
+    const stale = replicas.filter((p) => {
       const reply = primaries.find((x) => x.from === p)
       return reply === undefined || reply.found === undefined || Buffer.compare(reply.found.bytes, bytes) !== 0
     })
@@ -332,7 +463,11 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
           const o = decodeObject(msg.object)
           if (o === undefined) return yield* apiError("bad_request", `unreadable object for ${JSON.stringify(msg.key)} from ${from}`)
           if (msg.hint) yield* handoff.park(msg.hint, msg.key, o)
-          else yield* replica.merge(msg.key, o)
+          else {
+            yield* replica.merge(msg.key, o)
+            // A forwarded write's copy: a retry of that write sent here is not coordinated again.
+            if (msg.rid && msg.ctx && !recent.has(msg.rid)) yield* Deferred.succeed((yield* remember(msg.rid, msg.key)).context, msg.ctx)
+          }
           return { t: "ok" } as const
         }
         case "get": {
@@ -348,8 +483,8 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
             return yield* apiError("bad_request", "unreadable forwarded write")
           }
           if (context === undefined) return yield* apiError("bad_request", "unreadable forwarded context")
-          const { prefs, walk, incoming } = placement(msg.key)
-          const res = yield* coordinate(msg.key, context, sibling, { count: msg.w, sloppy: msg.sloppy, timeoutMs: msg.timeoutMs }, prefs, walk, incoming)
+          const q = { count: msg.w, sloppy: msg.sloppy, timeoutMs: msg.timeoutMs }
+          const res = yield* coordinateOnce(msg.key, context, sibling, q, placement(msg.key), msg.rid ?? undefined)
           return { t: "coorded", context: Dvv.encodeContext(res.context), object: encodeObject(res.object) } as const
         }
         case "handoff": {
@@ -368,15 +503,17 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
     Effect.gen(function*() {
       const direct: Array<{ key: string; object: Uint8Array }> = []
       for (const r of records) {
-        const { prefs } = placement(r.key)
-        if (prefs.includes(owner)) {
+        // An owner replicates the key while it is in one of its replica sets (a replica being
+        // gained during a move included).
+        const { replicas } = placement(r.key)
+        if (replicas.includes(owner)) {
           direct.push(r)
           continue
         }
         const o = decodeObject(r.object)
         if (o === undefined) continue
-        // The owner no longer replicates this key: its current replicas get it instead.
-        yield* Effect.forEach(prefs, (p) => putTo(p, r.key, o, r.object, 10_000), { concurrency: "unbounded", discard: true })
+        // The owner no longer replicates this key: its replicas get it instead.
+        yield* Effect.forEach(replicas, (p) => putTo(p, r.key, o, r.object, 10_000), { concurrency: "unbounded", discard: true })
       }
       if (direct.length === 0) return
       const reply = yield* call(owner, { t: "handoff", records: direct }, 30_000)

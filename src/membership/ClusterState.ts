@@ -145,6 +145,21 @@ export const currentRing = (state: ClusterState): Ring => asRing(state.partition
 /** The ring being moved to (the current one when settled). */
 export const nextRing = (state: ClusterState): Ring => asRing(state.partitions, state.ring.nextMembers, state.ring.next, state.ring.version)
 
+/**
+ * The replica sets a quorum of `partition` must be met in: its preference list in `current`
+ * and, when the ring moves and the list changes, its list in `next` too (Cassandra's pending
+ * ranges, counted separately as a quorum of their own). Reads need r in each, writes w in
+ * each. A node on a moving version and one that already adopted the switch (which counts
+ * `next` alone) then always share a quorum: every quorum of either includes one of `next`,
+ * and before the switch every quorum includes one of `current`. `n` is the replication factor.
+ */
+export const quorumSets = (current: Ring, next: Ring, partition: number, n: number): ReadonlyArray<ReadonlyArray<string>> => {
+  const now = preferenceList(current, partition, n)
+  if (next === current) return [now]
+  const then = preferenceList(next, partition, n)
+  return then.length === now.length && then.every((x) => now.includes(x)) ? [now] : [now, then]
+}
+
 /** Whether the ring is settled: nothing moving, no request pending. */
 export const settled = (state: ClusterState): boolean =>
   state.requests.length === 0 && state.ring.owners.every((o, p) => o === state.ring.next[p]) && sameMembers(state.ring.members, state.ring.nextMembers)
