@@ -9,6 +9,7 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import t from "tap"
+import { isLoopbackHost, protectedModeProblem } from "../../src/cli/NodeCommand.ts"
 import { encodeFrame, hello } from "../../src/transport/Frame.ts"
 import { clusterView, get, put, startCluster } from "./harness.ts"
 
@@ -135,4 +136,12 @@ t.test("protected mode: beyond loopback needs a cluster secret; bad secret files
   const secured = await runNode(["--host", "0.0.0.0", ...common, "--cluster-secret-file", secret])
   t.ok(secured.ready, `beyond loopback with a secret starts: ${secured.stderr}`)
   await secured.stop()
+})
+
+t.test("protected mode: which hosts are loopback", async (t) => {
+  for (const h of ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST", "::ffff:127.0.0.1"]) t.ok(isLoopbackHost(h), h)
+  for (const h of ["0.0.0.0", "::", "10.0.0.1", "128.0.0.1", "example.com", "localhost.example.com", "127.0.0.1.nip.io"]) t.notOk(isLoopbackHost(h), h)
+  t.equal(protectedModeProblem({ host: "127.0.0.1" }), undefined)
+  t.equal(protectedModeProblem({ host: "10.0.0.1", clusterSecretFile: "/s" }), undefined)
+  t.match(protectedModeProblem({ host: "10.0.0.1" }), /refusing to listen on 10\.0\.0\.1 without a cluster secret/)
 })
