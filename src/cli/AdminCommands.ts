@@ -9,6 +9,7 @@ import * as fs from "node:fs"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
+import * as Dvv from "../versions/Dvv.ts"
 import { Argument, Command, Flag } from "effect/cli"
 import * as AdminApi from "./AdminApi.ts"
 import { formatAae, formatRing, formatStatus, formatTransfers, NO_TRANSFERS } from "./AdminFormat.ts"
@@ -23,7 +24,7 @@ export const DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 /** How often `--watch` and `--wait` poll unless `--interval` says otherwise. */
 const DEFAULT_INTERVAL_MS = 1_000
 
-const NODE_ID = /^[A-Za-z0-9_.-]{1,64}$/
+const NODE_ID = Dvv.NODE_ID
 
 // ---- flags ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import * as Result from "effect/Result"
 import { MAX_VALUE_BYTES } from "../../engine/Record.ts"
 import { DEFAULT_COMPACTION_INTERVAL_MS } from "../../engine/Engine.ts"
 import { defaultLogConfig } from "../../engine/Log.ts"
+import * as Dvv from "../versions/Dvv.ts"
 
 /** The `--fsync` modes: `batch` acknowledges a write after a group fsync it shares. */
 export const FSYNC_MODES = ["always", "batch", "never"] as const
@@ -229,10 +230,11 @@ const MAX_INT = Number.MAX_SAFE_INTEGER
 /** `--tombstone-grace` in ms must stay a safe integer. */
 const MAX_GRACE_SECONDS = Math.floor(MAX_INT / 1000)
 const PORT: Kind = { type: "int", min: 1, max: 65535 }
-const ID_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/
+/** A node id: Dvv.NODE_ID (it names directories, so "." and ".." are refused). */
+const ID_PATTERN = Dvv.NODE_ID
 
 const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
-  id: { type: "text", pattern: ID_PATTERN, expected: '1 to 64 characters from A-Z, a-z, 0-9, "_", "." and "-"' },
+  id: { type: "text", pattern: ID_PATTERN, expected: '1 to 64 characters from A-Z, a-z, 0-9, "_", "." and "-", other than "." and ".."' },
   host: { type: "text", pattern: /^[^\s/]+$/, expected: "a host name or IP address" },
   port: PORT,
   clusterPort: PORT,

@@ -170,7 +170,7 @@ t.test("validation errors name the source and what is expected", async (t) => {
   t.same(errorsOf({ flags: { port: "" } }), ['--port must be an integer from 1 to 65535; got ""'])
   t.same(errorsOf({ flags: { partitions: "5000" } }), ["--partitions must be an integer from 1 to 4096; got 5000"])
   t.same(errorsOf({ flags: { partitions: "0" } }), ["--partitions must be an integer from 1 to 4096; got 0"])
-  t.same(errorsOf({ flags: { id: "a b" } }), ['--id must be 1 to 64 characters from A-Z, a-z, 0-9, "_", "." and "-"; got "a b"'])
+  t.same(errorsOf({ flags: { id: "a b" } }), ['--id must be 1 to 64 characters from A-Z, a-z, 0-9, "_", "." and "-", other than "." and ".."; got "a b"'])
   t.match(errorsOf({ flags: { id: "x".repeat(65) } })[0], /^--id must be 1 to 64 characters/)
   t.same(errorsOf({ flags: { fsync: "sometimes" } }), ["--fsync must be one of always, batch, never; got sometimes"])
   t.same(errorsOf({ env: { TALLY_LOG_LEVEL: "loud" } }), ["TALLY_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent; got loud"])
@@ -307,4 +307,12 @@ t.test("--cluster-secret-file: none by default; flag, TALLY_CLUSTER_SECRET_FILE 
   t.equal(ok({ flags: { config: "t.json" }, file: { "cluster-secret-file": "/f" } }).clusterSecretFile, "/f")
   t.same(errorsOf({ flags: { clusterSecretFile: " " } }), ['--cluster-secret-file must be a file path; got " "'])
   t.same(diffSettings(ok({}), ok({ flags: { clusterSecretFile: "/s" } })), { live: {}, restartNeeded: ["clusterSecretFile"] })
+})
+
+t.test("a node id of . or .. is refused: it names directories", async (t) => {
+  for (const id of [".", ".."]) {
+    const r = resolveSettings({ flags: { id }, env: {} })
+    t.ok(Result.isFailure(r), `--id ${id} refused`)
+  }
+  t.ok(Result.isSuccess(resolveSettings({ flags: { id: "a..b" }, env: {} })), "dots inside an id are fine")
 })
