@@ -14,7 +14,7 @@
  * After a switch a node drops the partitions it no longer replicates.
  */
 import * as path from "node:path"
-import { Clock, Context, Effect, Layer, Schedule, Stream } from "effect"
+import { Clock, Context, Effect, Fiber, Layer, Schedule, Stream } from "effect"
 import { Engine } from "../../engine/Engine.ts"
 import { makeDirDurable } from "../../engine/Log.ts"
 import { writeFileDurableAsync, type FilesApi } from "../../engine/Files.ts"
@@ -84,6 +84,8 @@ export const isTransferMessage = (m: unknown): m is TransferMessage => {
 /** Records merged at once by `apply`: about one group commit's worth (the engine's maxBatchBytes is 4 MiB). */
 const APPLY_GROUP = 512
 const APPLY_GROUP_BYTES = 4 * 1024 * 1024
+/** Merges `apply` starts per event-loop turn. */
+const MERGES_PER_TURN = 64
 
 /** Splits a page's records (as indices) into groups of at most APPLY_GROUP records or about APPLY_GROUP_BYTES. */
 export const groups = (records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>): number[][] => {
@@ -271,8 +273,8 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
   /**
    * Merges a page into the local replica, paced by the node's byte rate; succeeds once every
    * record of it is durable. The records are merged concurrently, in groups of at most
-   * APPLY_GROUP records or APPLY_GROUP_BYTES, so that a group shares one group commit (one
-   * after the other, a page of 500 cost 500 fdatasyncs). A key that occurs twice in a page
+   * APPLY_GROUP records or APPLY_GROUP_BYTES, so that a group shares a group commit or two
+   * (one after the other, a page of 500 cost 500 fdatasyncs). A key that occurs twice in a page
    * (a changes page) is safe: merge takes the key's lock, and merging is commutative.
    */
   const apply = (run: Running, page: TransferPage) =>
@@ -286,7 +288,15 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
         bytes += r.object.length + r.key.length
       }
       for (const group of groups(page.records)) {
-        yield* Effect.forEach(group, (i) => replica.merge(decoded[i]!.key, decoded[i]!.object), { concurrency: APPLY_GROUP, discard: true })
+        // All of a group in flight at once, but started MERGES_PER_TURN an event-loop turn:
+        // 512 merges in one go held this node's loop for 20-45 ms.
+        const merging: Array<Fiber.Fiber<unknown, unknown>> = []
+        for (let j = 0; j < group.length; j++) {
+          if (j > 0 && j % MERGES_PER_TURN === 0) yield* Effect.yieldNow
+          const r = decoded[group[j]!]!
+          merging.push(yield* Effect.forkChild(replica.merge(r.key, r.object)))
+        }
+        yield* Fiber.joinAll(merging).pipe(Effect.onError(() => Fiber.interruptAll(merging)))
       }
       run.keysSent += page.records.length
       run.lastProgress = now()

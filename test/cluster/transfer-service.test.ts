@@ -34,12 +34,26 @@ const moving = (): State.ClusterState => {
   }
 }
 
-const PAGE = 50
+const PAGE = 300
 const object = encodeObject({ entries: [], floor: 0 })
+
+/** Event-loop turns so far (a setImmediate chain, while `turning`). */
+let turn = 0
+let turning = false
+const turnOn = () => {
+  turning = true
+  const tick = () => {
+    turn++
+    if (turning) setImmediate(tick)
+  }
+  setImmediate(tick)
+}
 
 interface Stub {
   /** Keys whose merge has started / has finished. */
   readonly started: string[]
+  /** The event-loop turn of each start. */
+  readonly turns: number[]
   readonly finished: string[]
   /** Pages the stub source has answered. */
   pages: number
@@ -66,6 +80,7 @@ const layers = (files: FilesApi, stub: Stub) => {
     merge: (key: string) =>
       Effect.gen(function*() {
         stub.started.push(key)
+        stub.turns.push(turn)
         yield* Deferred.await(stub.durable)
         if (key === stub.failKey) return yield* Effect.fail(new Error(`storage failed for ${key}`))
         stub.finished.push(key)
@@ -93,13 +108,19 @@ const checkpoints = (files: FilesApi) =>
 
 t.test("a page's records are merged at once, and the checkpoint passes the page only once all are durable", async (t) => {
   const files = makeMemoryFiles()
-  const stub: Stub = { started: [], finished: [], pages: 0, durable: Deferred.makeUnsafe<void>() }
+  const stub: Stub = { started: [], turns: [], finished: [], pages: 0, durable: Deferred.makeUnsafe<void>() }
+  turnOn()
+  t.teardown(() => {
+    turning = false
+  })
   await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
     yield* Layer.build(layers(files, stub))
     // Sequential merges would start one record and wait for its commit before the next.
     yield* Effect.promise(() => eventually("every record of the page merging at once", async () => (stub.started.length === PAGE ? true : undefined), 5_000))
     yield* Effect.sleep("100 millis")
     t.equal(stub.started.length, PAGE, "no record of a second page started")
+    const spread = new Set(stub.turns).size
+    t.ok(spread >= PAGE / 64, `started over ${spread} event-loop turns, 64 a turn at most`)
     t.same(checkpoints(files), [], "no checkpoint while the page's records are not durable")
     yield* Deferred.succeed(stub.durable, undefined)
     const [file] = yield* Effect.promise(() => eventually("the checkpoint", async () => (checkpoints(files).length > 0 ? checkpoints(files) : undefined), 5_000))
@@ -111,7 +132,7 @@ t.test("a page's records are merged at once, and the checkpoint passes the page 
 
 t.test("a page with a failed merge leaves the checkpoint where it was", async (t) => {
   const files = makeMemoryFiles()
-  const stub: Stub = { started: [], finished: [], pages: 0, durable: Deferred.makeUnsafe<void>() }
+  const stub: Stub = { started: [], turns: [], finished: [], pages: 0, durable: Deferred.makeUnsafe<void>() }
   await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
     yield* Layer.build(layers(files, stub))
     yield* Effect.promise(() => eventually("the page merging", async () => (stub.started.length === PAGE ? true : undefined), 5_000))
