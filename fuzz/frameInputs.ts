@@ -20,18 +20,19 @@ export interface Case {
   readonly expect: Expect
 }
 
+/** msgpack-able values that decode to themselves (no -0, no undefined, no lone surrogates). */
 const { value: payload } = fc.letrec<{ value: unknown }>((tie) => ({
   value: fc.oneof(
-    { depthSize: "small" },
+    { depthSize: "small", withCrossShrink: true },
     fc.constant(null),
     fc.boolean(),
     fc.integer({ min: -(2 ** 31), max: 2 ** 32 }),
     fc.maxSafeInteger(),
     fc.double({ noNaN: true }).filter((x) => !Object.is(x, -0)),
-    fc.string({ maxLength: 40 }),
-    fc.uint8Array({ maxLength: 200 }),
-    fc.array(tie("value"), { maxLength: 4 }),
-    fc.dictionary(fc.string({ maxLength: 8 }).filter((k) => k !== "__proto__"), tie("value"), { maxKeys: 4 })
+    fc.string({ unit: "binary", maxLength: 40 }),
+    fc.uint8Array({ maxLength: 300 }),
+    fc.array(tie("value"), { maxLength: 5 }),
+    fc.dictionary(fc.string({ maxLength: 8 }).filter((k) => k !== "__proto__"), tie("value"), { maxKeys: 5 })
   )
 }))
 
@@ -46,7 +47,7 @@ export const anyFrame: fc.Arbitrary<Frame> = fc.oneof(
     version: fc.nat({ max: 10 })
   }),
   fc.record({ k: fc.constantFrom("req" as const, "res" as const, "one" as const), id, p: payload }),
-  fc.record({ k: fc.constant("err" as const), id, code: fc.string({ maxLength: 20 }), message: fc.string({ maxLength: 60 }) })
+  fc.record({ k: fc.constant("err" as const), id, code: fc.string({ maxLength: 20 }), message: fc.string({ maxLength: 80 }) })
 )
 
 /** Well-formed frames within FUZZ_MAX. */
