@@ -11,6 +11,7 @@ export const errorCodes = {
   bad_request: { status: 400, meaning: "malformed key, parameter, header, body or context" },
   unauthorized: { status: 401, meaning: "a token is required and was missing or wrong" },
   not_found: { status: 404, meaning: "no value for the key (X-Context is sent if a delete is stored), or no such route" },
+  method_not_allowed: { status: 405, meaning: "the path exists but not with this method; the Allow header lists the methods it answers" },
   too_many_siblings: { status: 409, meaning: "the key holds too many concurrent versions; read it and write back one value with its X-Context" },
   value_too_large: { status: 413, meaning: "the value, or the object with its siblings, is over the limit" },
   quorum_not_met: { status: 503, meaning: "fewer replicas answered than r or w require; carries `needed` and `got`" },

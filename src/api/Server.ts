@@ -67,6 +67,21 @@ const jsonBody = (req: FastifyRequest): unknown => {
 
 const sendError = (reply: FastifyReply, e: ApiError) => reply.code(e.status).type("application/json").send(e.toBody())
 
+/** One debug line per answered request (method, path, status, ms); nothing at info and above. */
+class RequestLog extends LogController {
+  override incomingRequest(): void {}
+  override routeNotFound(): void {}
+  override requestCompleted(error: Error | null | undefined, req: FastifyRequest, reply: FastifyReply): void {
+    const line = { method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }
+    if (error) reply.log.error({ ...line, err: error }, "request failed")
+    else reply.log.debug(line, "request")
+  }
+}
+
+/** A route's path as a pattern for concrete paths: `:param` is one segment, `*` the rest. */
+const pathPattern = (url: string): RegExp =>
+  new RegExp(`^${url.split("/").map((seg) => (seg.startsWith(":") ? "[^/]+" : seg === "*" ? ".*" : seg.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))).join("/")}/?$`)
+
 /** Builds the Fastify app (not listening). */
 export const buildServer = (deps: ApiDeps): FastifyInstance => {
   const app = Fastify({
@@ -75,8 +90,8 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     bodyLimit: BODY_CEILING,
     forceCloseConnections: "idle",
     return503OnClosing: true,
-    // Per-request lines would cost more than the request; /metrics counts requests instead.
-    logController: new LogController({ disableRequestLogging: true }),
+    // Per-request lines at debug only: at info they would cost more than the request.
+    logController: new RequestLog(),
     frameworkErrors: (err, _req, reply) =>
       sendError(reply, apiError("bad_request", `malformed request: ${err.message}; keys are UTF-8, URL-encoded in the path`)),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } }
@@ -138,9 +153,23 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     return sendError(reply, apiError("internal_error", "an unexpected error occurred; it is a bug, please report it with the node's log"))
   })
 
-  app.setNotFoundHandler((req, reply) =>
-    sendError(reply, apiError("not_found", `no route ${req.method} ${req.url.split("?")[0]}`))
-  )
+  // Which methods each route path answers, so a known path asked with another method is a 405.
+  const routeMethods: Array<{ readonly pattern: RegExp; readonly methods: Set<string> }> = []
+  app.addHook("onRoute", (route) => {
+    const methods = [route.method].flat()
+    const known = routeMethods.find((r) => r.pattern.source === pathPattern(route.url).source)
+    if (known !== undefined) for (const m of methods) known.methods.add(m)
+    else routeMethods.push({ pattern: pathPattern(route.url), methods: new Set(methods) })
+  })
+  app.setNotFoundHandler((req, reply) => {
+    const path = req.url.split("?")[0] ?? ""
+    const allowed = new Set(routeMethods.filter((r) => r.pattern.test(path)).flatMap((r) => [...r.methods]))
+    if (allowed.size > 0) {
+      const allow = [...allowed].join(", ")
+      return sendError(reply.header("allow", allow), apiError("method_not_allowed", `${path} does not answer ${req.method}; it answers ${allow}`))
+    }
+    return sendError(reply, apiError("not_found", `no route ${req.method} ${path}`))
+  })
 
   app.addHook("onResponse", (req, reply, done) => {
     const op = (req.routeOptions.config as { op?: string } | undefined)?.op ?? "other"

@@ -2,7 +2,8 @@
  * `tally node`: resolves the settings, starts one storage node, prints the `ready` line
  * scripts wait for, follows the `--config` file, and on SIGTERM or SIGINT closes the node
  * (stop accepting, finish in-flight requests, flush) before exiting 0. A second signal exits
- * at once.
+ * at once. Everything it says while it runs is a JSON line of the node's logger on stderr
+ * (src/node/Log.ts), so stdout holds only the ready line.
  */
 import * as net from "node:net"
 import { pathToFileURL } from "node:url"
@@ -11,12 +12,13 @@ import * as Option from "effect/Option"
 import * as Result from "effect/Result"
 import { Command, Flag } from "effect/cli"
 import { watchConfig, type WatchLogLevel } from "../config/ConfigWatcher.ts"
-import { loadSettings, NODE_FLAGS, shouldLog, type EnvValues, type FlagKey, type FlagValues, type NodeSettings } from "../config/Settings.ts"
+import { loadSettings, NODE_FLAGS, type EnvValues, type FlagKey, type FlagValues, type NodeSettings } from "../config/Settings.ts"
+import { makeLogger, type NodeLogger } from "../node/Log.ts"
 import type { RunningNode } from "../node/Node.ts"
 import { InvalidSettings, messageOf, NodeFailed } from "./Errors.ts"
 
-/** The node's entry point, `startNode` of src/node/Node.ts, as this command calls it. */
-export type StartNode = (settings: NodeSettings) => Promise<RunningNode>
+/** The node's entry point, `startNode` of src/node/Node.ts, as this command calls it: with the command's logger. */
+export type StartNode = (settings: NodeSettings, options?: { readonly logger?: NodeLogger }) => Promise<RunningNode>
 
 /**
  * Loads `startNode`. `TALLY_TEST_NODE_MODULE` names another module exporting it, so tests
@@ -27,7 +29,7 @@ export const loadStartNode: Effect.Effect<StartNode, NodeFailed> = Effect.tryPro
     const override = process.env.TALLY_TEST_NODE_MODULE
     if (override === undefined || override === "") {
       const { startNode } = await import("../node/Node.ts")
-      return (settings: NodeSettings) => startNode(settings)
+      return (settings: NodeSettings, options?: { readonly logger?: NodeLogger }) => startNode(settings, options)
     }
     const mod = (await import(/^[a-z]+:/.test(override) ? override : pathToFileURL(override).href)) as { readonly startNode?: unknown }
     if (typeof mod.startNode !== "function") throw new Error(`${override} does not export startNode`)
@@ -40,9 +42,13 @@ const SIGNAL_NUMBERS: Readonly<Record<string, number>> = { SIGINT: 2, SIGTERM: 1
 
 /**
  * Until the scope closes, the first SIGINT or SIGTERM resolves the returned promise and a
- * second one calls `onSecond`, then exits the process at once with 128 + its number.
+ * second one calls `onSecond`, says so with `report`, then exits the process at once with
+ * 128 + its number.
  */
-export const stopSignal = (onSecond: (signal: NodeJS.Signals) => void = () => {}) =>
+export const stopSignal = (
+  onSecond: (signal: NodeJS.Signals) => void = () => {},
+  report: (message: string) => void = (message) => process.stderr.write(`${message}\n`)
+) =>
   Effect.acquireRelease(
     Effect.sync(() => {
       let received: NodeJS.Signals | undefined
@@ -55,7 +61,7 @@ export const stopSignal = (onSecond: (signal: NodeJS.Signals) => void = () => {}
           return
         }
         onSecond(signal)
-        process.stderr.write(`${signal} again: exiting now\n`)
+        report(`${signal} again: exiting now`)
         process.exit(128 + (SIGNAL_NUMBERS[signal] ?? 1))
       }
       process.on("SIGINT", handler)
@@ -72,9 +78,9 @@ export const stopSignal = (onSecond: (signal: NodeJS.Signals) => void = () => {}
       })
   ).pipe(Effect.map(({ first }) => first))
 
-/** Writes one line of the node's own messages to stderr if the current log level shows it. */
-const logLine = (level: () => NodeSettings["logLevel"]) => (severity: WatchLogLevel, message: string) => {
-  if (shouldLog(level(), severity)) process.stderr.write(`${message}\n`)
+/** The node's own messages (config reloads, stopping) as lines of its logger. */
+const logLine = (logger: NodeLogger) => (severity: WatchLogLevel, message: string) => {
+  logger[severity](message)
 }
 
 /**
@@ -88,14 +94,15 @@ export const runNode = (
   sources: { readonly flags: FlagValues; readonly env: EnvValues }
 ): Effect.Effect<void, NodeFailed> =>
   Effect.scoped(Effect.gen(function*() {
-    const signalled = yield* stopSignal()
-    let level = settings.logLevel
-    const log = logLine(() => level)
+    // One logger for the command and the node: one stream of JSON lines, one level.
+    const logger = makeLogger(settings.id, settings.logLevel)
+    const log = logLine(logger)
+    const signalled = yield* stopSignal(() => {}, (message) => logger.warn(message))
 
     let closed = false
     const node = yield* Effect.acquireRelease(
       Effect.tryPromise({
-        try: () => startNode(settings),
+        try: () => startNode(settings, { logger }),
         catch: (e) => new NodeFailed({ message: `node ${settings.id} could not start: ${messageOf(e)}` })
       }),
       (node) => (closed ? Effect.void : Effect.promise(() => node.close().catch(() => {})))
@@ -110,7 +117,7 @@ export const runNode = (
         applyLive: (patch) => {
           if (closed) return
           node.applyLive(patch)
-          if (patch.logLevel !== undefined) level = patch.logLevel
+          if (patch.logLevel !== undefined) logger.level = patch.logLevel
         },
         log
       })

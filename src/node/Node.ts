@@ -7,7 +7,6 @@
 import { partitionOf } from "../ring/Ring.ts"
 import { Effect, type Exit, Layer, Logger, ManagedRuntime } from "effect"
 import type { FastifyInstance } from "fastify"
-import pino from "pino"
 import { Engine, type EngineConfig } from "../../engine/Engine.ts"
 import { buildServer } from "../api/Server.ts"
 import { apiError, type ApiError } from "../Errors.ts"
@@ -27,6 +26,7 @@ import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
 import * as Dvv from "../versions/Dvv.ts"
 import * as State from "../membership/ClusterState.ts"
 import { crc32 } from "node:zlib"
+import { BURST_WINDOW_MS, burstLog, effectLogger, makeLogger, type NodeLogger } from "./Log.ts"
 
 /** A started node. */
 export interface RunningNode {
@@ -43,6 +43,8 @@ export interface RunningNode {
 /** Options for embedding a node (tests): where logs go, in-memory files, a simulated network. */
 export interface StartOptions {
   readonly logStream?: NodeJS.WritableStream
+  /** The logger to use (`tally node` shares its own), instead of one on `logStream`. */
+  readonly logger?: NodeLogger
   readonly memory?: boolean
   readonly network?: MemoryNetwork
   /** Seeds by node id on the simulated network (with `network`). */
@@ -68,18 +70,10 @@ export interface AssembledNode {
 /** Default request timeout, in ms, when a request does not give one. */
 export const DEFAULT_TIMEOUT_MS = 10_000
 
-const effectLevel: Record<string, "fatal" | "error" | "warn" | "info" | "debug" | "trace"> = {
-  Fatal: "fatal", Error: "error", Warning: "warn", Warn: "warn", Info: "info", Debug: "debug", Trace: "trace"
-}
-
 /** Builds a node's runtime and HTTP app without listening (tests use `app.inject`). */
 export const assembleNode = async (settings: NodeSettings, options: StartOptions = {}): Promise<AssembledNode> => {
-  const logger = pino({ level: settings.logLevel, base: { node: settings.id } }, options.logStream ?? process.stderr)
+  const logger = options.logger ?? makeLogger(settings.id, settings.logLevel, options.logStream)
   const live = { r: settings.r, w: settings.w, maxValueBytes: settings.maxValueBytes, tombstoneGraceMs: settings.compaction.tombstoneGraceMs }
-  const toPino = Logger.make((o) => {
-    const msg = Array.isArray(o.message) ? o.message.map(String).join(" ") : String(o.message)
-    logger[effectLevel[o.logLevel] ?? "info"](msg)
-  })
   const cluster = { n: settings.n, partitions: settings.partitions }
   const files = options.memory ? makeMemoryFiles() : nodeFilesApi
   // Tombstones go only when every replica holds them (Reaping.ts); until the service is up, none do.
@@ -152,7 +146,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       (owner, batch) => c.deliver(owner, batch.records)
     )
   }))
-  const layer = internode.pipe(Layer.provideMerge(services), Layer.provide(Logger.layer([toPino])))
+  // provideMerge, not provide: request fibers run on the runtime's context and must log as JSON too.
+  const layer = internode.pipe(Layer.provideMerge(services), Layer.provideMerge(Logger.layer([effectLogger(logger)])))
   const runtime = ManagedRuntime.make(layer)
   const { engineService, membershipService, transportService, handoffService, transferService, aaeService, reapingService } = await runtime.runPromise(Effect.gen(function*() {
     return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff, transferService: yield* Transfer, aaeService: yield* AntiEntropy, reapingService: yield* Reaping }
@@ -161,15 +156,33 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     throw e
   })
   reaper = reapingService
+  // A failing replica set fails every request on it: one warning a second says so, with a count.
+  const quorumFailures = burstLog(logger, "quorum failures")
+  const noteQuorum = (e: ApiError) =>
+    e.code === "quorum_not_met" ? Effect.sync(() => quorumFailures.note({ needed: e.needed, got: e.got }, `quorum not met: ${e.message}`)) : Effect.void
   // Layer failures surfaced above, when the services started: only request errors remain.
   const run = <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) =>
     runtime.runPromiseExit(Effect.gen(function*() {
       return yield* f(yield* Coordinator)
-    })) as Promise<Exit.Exit<A, ApiError>>
+    }).pipe(Effect.tapError(noteQuorum))) as Promise<Exit.Exit<A, ApiError>>
   const started = Date.now()
   const coordinatorService = await runtime.runPromise(Effect.gen(function*() {
     return yield* Coordinator
   }))
+  // Fallback (sloppy) writes are counted by the coordinator; a line a second tells how many.
+  let fallbacksLogged = coordinatorService.stats().fallbackWrites
+  const fallbackTicker = setInterval(() => {
+    const now = coordinatorService.stats().fallbackWrites
+    const count = now - fallbacksLogged
+    fallbacksLogged = now
+    if (count > 0) {
+      logger.warn(
+        { kind: "fallback writes", count, windowMs: BURST_WINDOW_MS },
+        `${count} replica ${count === 1 ? "copy" : "copies"} written to a fallback node (sloppy quorum) in the last ${BURST_WINDOW_MS} ms: a primary replica was unreachable; the copies are handed to it when it is back`
+      )
+    }
+  }, BURST_WINDOW_MS)
+  fallbackTicker.unref()
   const metrics = makeMetrics(() => Effect.runSync(engineService.stats), () => {
     const s = membershipService.state()
     const local = transferService.local()
@@ -297,7 +310,6 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
           ...(c.tombstoneGraceMs !== undefined ? { tombstoneGraceMs: c.tombstoneGraceMs } : {})
         }))
       }
-      logger.info({ patch }, "live settings applied")
     },
     close: () => {
       closing ??= (async () => {
@@ -309,6 +321,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
           await app.close()
         } finally {
           clearInterval(sweep)
+          clearInterval(fallbackTicker)
+          quorumFailures.close()
         }
         await runtime.dispose()
       })()
