@@ -5,7 +5,7 @@
  * data directory.
  */
 import { partitionOf } from "../ring/Ring.ts"
-import { Effect, type Exit, Layer, Logger, ManagedRuntime } from "effect"
+import { Clock, Effect, type Exit, Layer, Logger, ManagedRuntime } from "effect"
 import type { FastifyInstance } from "fastify"
 import { Engine, type EngineConfig } from "../../engine/Engine.ts"
 import { buildServer } from "../api/Server.ts"
@@ -51,6 +51,12 @@ export interface StartOptions {
   readonly seedIds?: ReadonlyArray<string>
   /** The engine's files (with `memory`): a test keeps them to inject faults. */
   readonly engineFiles?: FilesApi
+  /** Every service's files, the engine's included (the simulator keeps a node's disk across restarts). */
+  readonly files?: FilesApi
+  /** Engine settings beyond the node settings (the simulator: small segments, a skewed clock). */
+  readonly engine?: Partial<EngineConfig>
+  /** The Effect Clock of this node's services (the simulator: a clock skewed per node). */
+  readonly clock?: Clock.Clock
   /** Anti-entropy settings beyond the node settings (tests). */
   readonly aae?: Partial<AaeConfig>
   /** Reaping settings beyond the node settings (tests). */
@@ -75,11 +81,12 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const logger = options.logger ?? makeLogger(settings.id, settings.logLevel, options.logStream)
   const live = { r: settings.r, w: settings.w, maxValueBytes: settings.maxValueBytes, tombstoneGraceMs: settings.compaction.tombstoneGraceMs }
   const cluster = { n: settings.n, partitions: settings.partitions }
-  const files = options.memory ? makeMemoryFiles() : nodeFilesApi
+  const files = options.files ?? (options.memory ? makeMemoryFiles() : nodeFilesApi)
   // Tombstones go only when every replica holds them (Reaping.ts); until the service is up, none do.
   let reaper: Reaping["Service"] | undefined
-  const engineLayer = options.engineFiles !== undefined
-    ? (c: EngineConfig) => Engine.layerFiles(c, options.engineFiles!)
+  const engineFiles = options.files ?? options.engineFiles
+  const engineLayer = engineFiles !== undefined
+    ? (c: EngineConfig) => Engine.layerFiles(c, engineFiles)
     : options.memory ? Engine.layerMemory : Engine.layer
   const engine = engineLayer({
     dir: settings.data,
@@ -92,7 +99,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     reapBefore: (partition) => (reaper === undefined ? -Infinity : reaper.reapBefore(partition)),
     compactionIntervalMs: settings.compaction.intervalMs,
     // Records of the first format carry no partition: the ring's function names it.
-    partitionOf: (key) => partitionOf(key, settings.partitions)
+    partitionOf: (key) => partitionOf(key, settings.partitions),
+    ...(options.engine ?? {})
   })
   // The secret is read once, at start: a bad file stops the node before it listens.
   const tls = settings.clusterSecretFile === undefined ? undefined : readSecretFile(settings.clusterSecretFile)
@@ -147,7 +155,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     )
   }))
   // provideMerge, not provide: request fibers run on the runtime's context and must log as JSON too.
-  const layer = internode.pipe(Layer.provideMerge(services), Layer.provideMerge(Logger.layer([effectLogger(logger)])))
+  const base = internode.pipe(Layer.provideMerge(services), Layer.provideMerge(Logger.layer([effectLogger(logger)])))
+  const layer = options.clock === undefined ? base : base.pipe(Layer.provideMerge(Layer.succeed(Clock.Clock, options.clock)))
   const runtime = ManagedRuntime.make(layer)
   const { engineService, membershipService, transportService, handoffService, transferService, aaeService, reapingService } = await runtime.runPromise(Effect.gen(function*() {
     return { engineService: yield* Engine, membershipService: yield* Membership, transportService: yield* Transport, handoffService: yield* Handoff, transferService: yield* Transfer, aaeService: yield* AntiEntropy, reapingService: yield* Reaping }

@@ -15,6 +15,13 @@ import { allDeleted, decodeObject, encodeObject, objectBytes, type Sibling, type
 import { partitionOf } from "../ring/Ring.ts"
 import { KeyLocks } from "./KeyLocks.ts"
 
+/**
+ * Test-only switch that reintroduces Riak's kv679 bug, so the simulator can show its checker
+ * catches it (sim/, test/sim). Never set outside tests. `reuseEpoch`: every start of a node
+ * uses the same epoch, so a node that lost its disk mints dots its peers have already seen.
+ */
+export const unsafeTesting = { reuseEpoch: false }
+
 /** Replica limits. */
 export interface ReplicaConfig {
   readonly nodeId: string
@@ -77,7 +84,8 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
   // This process's actor: a fresh epoch per start (Random: the simulator's seam). Counters of
   // an epoch only grow (they start above the engine's LSN for a key with no local history),
   // and no epoch is used by two processes, so no dot is ever minted twice.
-  const epoch = (yield* Random.nextInt).toString(36).replace("-", "").slice(0, 12).padStart(1, "0")
+  const drawn = (yield* Random.nextInt).toString(36).replace("-", "").slice(0, 12).padStart(1, "0")
+  const epoch = unsafeTesting.reuseEpoch ? "0" : drawn
   const actor = Dvv.actorOf(config.nodeId, epoch)
   const locks = new KeyLocks()
   const mapEngine = (e: EngineError) => fromEngineError(e)

@@ -8,6 +8,9 @@
  * Equal latencies keep a link's order; jitter may reorder messages (requests are independent).
  * A node that is not on the network fails requests fast with `unreachable`, like a refused
  * TCP connection; a partitioned, lossy or dropped link is silence and requests time out.
+ * For the simulator: one-way cuts, duplicated messages, paused nodes (what they send and what
+ * is sent to them waits, in order, until they resume, as with SIGSTOP), a node pulled off the
+ * network at once (a crash: it sends nothing more), and a hook that sees every delivery.
  */
 import { Effect, FiberSet, Semaphore } from "effect"
 import { DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, MalformedFrame, bodyBytes, decodeBody, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame } from "./Frame.ts"
@@ -23,6 +26,8 @@ export interface LinkConditions {
   readonly jitterMs?: number
   /** Probability that a message is lost, 0..1 (default 0). */
   readonly loss?: number
+  /** Probability that a message is delivered twice, 0..1 (default 0); the copy takes its own delay. */
+  readonly duplicate?: number
 }
 
 /** Settings of a node on a MemoryNetwork. */
@@ -50,7 +55,10 @@ export class MemoryNetwork {
   private readonly links = new Map<string, LinkConditions>()
   private readonly cuts = new Set<string>()
   private readonly endpoints = new Map<string, Endpoint>()
+  private readonly paused = new Map<string, Array<() => void>>()
   private seed: number
+  /** Told of every message delivered (the simulator's event log); `kind` is its payload's `t`. */
+  onDeliver: ((from: string, to: string, kind: string) => void) | undefined
 
   constructor(options: { readonly defaults?: LinkConditions; readonly seed?: number } = {}) {
     this.defaults = options.defaults ?? {}
@@ -75,9 +83,60 @@ export class MemoryNetwork {
     }
   }
 
+  /** Cuts the links from the nodes of `from` to those of `to`, one way only, until `heal`. */
+  cutOneWay(from: string | ReadonlyArray<string>, to: string | ReadonlyArray<string>): void {
+    for (const x of typeof from === "string" ? [from] : from) for (const y of typeof to === "string" ? [to] : to) this.cuts.add(linkKey(x, y))
+  }
+
   /** Removes every partition (link conditions stay). */
   heal(): void {
     this.cuts.clear()
+  }
+
+  /** Sets the conditions of every link back to the defaults. */
+  clearLinks(): void {
+    this.links.clear()
+  }
+
+  /** Pauses `id`: messages from and to it wait (in order) until `resume`; its requests time out meanwhile. */
+  pause(id: string): void {
+    if (!this.paused.has(id)) this.paused.set(id, [])
+  }
+
+  /** Resumes a paused node: the messages that waited go on, oldest first. */
+  resume(id: string): void {
+    const held = this.paused.get(id)
+    this.paused.delete(id)
+    for (const f of held ?? []) f()
+  }
+
+  /** True when `id` is paused. */
+  isPaused(id: string): boolean {
+    return this.paused.has(id)
+  }
+
+  /**
+   * Pulls `id` off the network at once, as a crash does: messages in flight to it are lost,
+   * it sends nothing more, and the others' requests to it fail. Its transport may still be
+   * shut down later, which then changes nothing.
+   */
+  disconnect(id: string): void {
+    const e = this.endpoints.get(id)
+    if (e !== undefined) this.detach(e)
+    this.paused.delete(id)
+  }
+
+  /** @internal Delivers now, or when both ends are no longer paused. */
+  deliverWhenAwake(from: string, to: string, deliver: () => void): void {
+    const held = this.paused.get(to) ?? this.paused.get(from)
+    if (held === undefined) return deliver()
+    held.push(() => this.deliverWhenAwake(from, to, deliver))
+  }
+
+  /** @internal Whether a second copy of a message goes too. */
+  duplicated(from: string, to: string): boolean {
+    const c = this.links.get(linkKey(from, to)) ?? this.defaults
+    return (c.duplicate ?? 0) > 0 && this.random() < c.duplicate!
   }
 
   /** True when messages from `from` to `to` are cut. */
@@ -145,17 +204,22 @@ export const makeMemory = Effect.fnUntraced(function*(network: MemoryNetwork, co
   const incoming: Incoming = { nodeId, maxFrameBytes, run, warn, gone: () => closed }
 
   /** Puts a frame on the wire to `to`; it arrives after the link's delay, if at all. */
-  const transmit = (to: string, bytes: Uint8Array) => {
+  const transmit = (to: string, bytes: Uint8Array, copy = false) => {
+    // A node pulled off the network (crashed) sends nothing.
+    if (network.endpoint(nodeId) !== endpoint) return
     const target = network.endpoint(to)
     const delay = target === undefined ? undefined : network.route(nodeId, to)
     if (target === undefined || delay === undefined) return
     const frame = decodeBody(bytes.subarray(HEADER_BYTES), maxFrameBytes)
     if (frame instanceof MalformedFrame) return warn(`dropping a malformed frame to ${to}: ${frame.message}`)
-    const arrive = Effect.sync(() => {
+    const arrive = Effect.sync(() => network.deliverWhenAwake(nodeId, to, () => {
       // A message in flight is lost when its link is cut or its receiver left meanwhile.
-      if (network.endpoint(to) === target && !network.isPartitioned(nodeId, to)) target.deliver(nodeId, frame)
-    })
+      if (network.endpoint(to) !== target || network.isPartitioned(nodeId, to)) return
+      network.onDeliver?.(nodeId, to, frame.k === "req" || frame.k === "one" ? String((frame.p as { t?: unknown } | null)?.t) : frame.k)
+      target.deliver(nodeId, frame)
+    }))
     run(delay > 0 ? Effect.andThen(Effect.sleep(delay), arrive) : arrive)
+    if (!copy && network.duplicated(nodeId, to)) transmit(to, bytes, true)
   }
 
   const reply = (from: string) => (bytes: Uint8Array) => {

@@ -84,6 +84,14 @@ const byId = (x: { readonly id: string }, y: { readonly id: string }): number =>
 const byDot = (x: Dot, y: Dot): number => byId(x, y) || x.counter - y.counter
 const asContext = (c: Context | VersionVector): Context => ("vector" in c ? c : { vector: c, dots: [] })
 
+/**
+ * Test-only switches that break the versions on purpose, so the simulator can show its checker
+ * catches the breakage (sim/, test/sim). Never set outside tests.
+ * `lastWriteWins`: a write replaces every sibling, seen or not, and a merge keeps only the
+ * newest value (by logical time, then id): Riak's LWW, which loses concurrent writes.
+ */
+export const unsafeTesting = { lastWriteWins: false }
+
 /** The set with no version. */
 export const empty = <V>(): DvvSet<V> => ({ entries: [], floor: 0 })
 
@@ -151,7 +159,15 @@ export const sync = <V>(a: DvvSet<V>, b: DvvSet<V>): DvvSet<V> => {
   })
   const ours = new Set(a.entries.map((e) => e.id))
   for (const y of b.entries) if (!ours.has(y.id)) entries.push(y)
-  return { entries: entries.sort(byId), floor: Math.max(a.floor, b.floor) }
+  const merged = { entries: entries.sort(byId), floor: Math.max(a.floor, b.floor) }
+  return unsafeTesting.lastWriteWins ? newestOnly(merged) : merged
+}
+
+/** The set with only its newest value (the broken last-write-wins merge of `unsafeTesting`). */
+const newestOnly = <V>(set: DvvSet<V>): DvvSet<V> => {
+  const live = set.entries.filter((e) => e.versions.length > 0)
+  const winner = live.reduce<Entry<V> | undefined>((w, e) => (w === undefined || e.time > w.time || (e.time === w.time && e.id > w.id) ? e : w), undefined)
+  return { ...set, entries: set.entries.map((e) => ({ ...e, versions: e === winner ? e.versions.slice(0, 1) : [] })) }
 }
 
 /**
@@ -180,7 +196,7 @@ export const discard = <V>(set: DvvSet<V>, context: Context | VersionVector): Dv
  * which holds every earlier write writerId coordinated.
  */
 export const update = <V>(set: DvvSet<V>, context: Context | VersionVector, writerId: string, value: V): DvvSet<V> => {
-  const base = discard(set, context)
+  const base = discard(set, unsafeTesting.lastWriteWins ? join(set) : context)
   const own = base.entries.find((e) => e.id === writerId)
   const counter = Math.max(own?.counter ?? 0, base.floor) + 1
   const time = base.entries.reduce((t, e) => Math.max(t, e.time), 0) + 1
