@@ -21,8 +21,10 @@
  * Tombstones: one is dropped only if its record is no newer than its partition's cutoff
  * (`reapBefore`, asked once per partition when the compaction starts; by default the grace
  * period), no segment outside this compaction could hold an older record of its key (every
- * such segment starts at a higher LSN), and some newer record survives outside it, so the
- * highest LSN is never lost. Otherwise it is copied like a live record. This avoids Bitcask
+ * such segment starts at a higher LSN). Otherwise it is copied like a live record. Dropping
+ * the record that holds the log's highest LSN is safe: the STATE file's `compactedThrough`,
+ * made durable before the manifest, carries that LSN, and start-up never hands out an LSN
+ * at or below it. This avoids Bitcask
  * #82 (a partial merge that dropped a tombstone resurrected the deleted value from an older
  * file); the cutoff is how the node keeps a tombstone until every replica holds it.
  */
@@ -91,6 +93,8 @@ interface Out {
   /** Records copied but not yet written, and the file offset where they go. */
   buffered: Buffer[]
   writtenTo: number
+  /** Bytes written since the output's last fdatasync (LogConfig.compactSyncBytes). */
+  unsynced: number
   crc: number
   hints: HintEntry[]
   moved: Live[]
@@ -114,7 +118,6 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
   live.sort((a, b) => a.lsn - b.lsn)
   const outside = [...log.segments.values()].filter((s) => !inputSet.has(s.id) && s.maxLsn >= 0)
   const oldestOutside = Math.min(...outside.map((s) => s.minLsn))
-  const newerSurvives = outside.length > 0
   const tombstoned = new Set<number>()
   for (const r of live) if (r.tombstone) tombstoned.add(r.partition)
   const cutoffs = reapCutoffs(log, tombstoned)
@@ -147,7 +150,7 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
     const seg = await makeSegmentAsync({ files, dir, id, kind: "compacted", now: log.config.now, random: log.config.random, preallocate: 0, file: tmp })
     const head = Buffer.alloc(SEGMENT_HEADER_BYTES)
     files.read(seg.fd, head, 0, head.length, 0)
-    const o: Out = { seg, tmp, buffered: [], writtenTo: seg.size, crc: crc32(head), hints: [], moved: [], at: [] }
+    const o: Out = { seg, tmp, buffered: [], writtenTo: seg.size, unsynced: 0, crc: crc32(head), hints: [], moved: [], at: [] }
     outs.push(o)
     return o
   }
@@ -158,6 +161,12 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
     o.buffered = []
     await files.writeAllAsync(o.seg.fd, data, 0, data.length, o.writtenTo)
     o.writtenTo += data.length
+    o.unsynced += data.length
+    const every = log.config.compactSyncBytes
+    if (every > 0 && o.unsynced >= every) {
+      o.unsynced = 0
+      await files.datasync(o.seg.fd)
+    }
   }
   try {
     let slice = 0
@@ -183,7 +192,7 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
         forget.push(rec)
         continue
       }
-      if (rec.tombstone && newerSurvives && oldestOutside > rec.lsn && timestampAt(raw, 0) <= cutoffs.get(rec.partition)!) {
+      if (rec.tombstone && oldestOutside > rec.lsn && timestampAt(raw, 0) <= cutoffs.get(rec.partition)!) {
         dropped++
         forget.push(rec)
         continue

@@ -281,10 +281,14 @@ class Compactions {
   private stopping = false
 
   run(log: Log, full: boolean): Promise<CompactionResult | undefined> {
-    const go = () =>
-      this.stopping || log.isClosed
-        ? undefined
-        : runCompaction(log, selectInputs(log, full), () => this.stopping || log.isClosed)
+    // A full compaction is what an operator asks for to reap now: it seals the active
+    // segment first, or the newest writes (and the tombstones just deleted) stay out of it.
+    const go = async () => {
+      if (this.stopping || log.isClosed) return undefined
+      if (full) await log.sealActive()
+      if (this.stopping || log.isClosed) return undefined
+      return runCompaction(log, selectInputs(log, full), () => this.stopping || log.isClosed)
+    }
     const p = this.tail.then(go, go)
     this.tail = p.catch(() => undefined)
     return p

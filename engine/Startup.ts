@@ -90,6 +90,10 @@ export const recover = (log: Log): void => {
   for (const [p, through] of log.drops) log.forgetDropped(p, through)
   for (const [, loc] of log.index.entries()) log.segments.get(loc.segment)!.live += loc.size
   for (const s of log.segments.values()) log.nextLsn = Math.max(log.nextLsn, s.maxLsn + 1)
+  // A compaction may have removed the records with the highest LSNs (reaped tombstones, a
+  // dropped partition's last writes); STATE remembers how far it had read, so LSNs never repeat.
+  log.nextLsn = Math.max(log.nextLsn, log.compactedThrough + 1)
+  for (const [, through] of log.drops) log.nextLsn = Math.max(log.nextLsn, through + 1)
   log.committedLsn = log.nextLsn - 1
 }
 
