@@ -79,7 +79,7 @@ export interface SimResult {
 export const replayCommand = (o: SimOptions): string =>
   ["npm run sim --", `--seed ${o.seed}`, `--nodes ${o.nodes ?? 5}`, `--ops ${o.ops ?? 1000}`,
     ...(o.clients !== undefined ? [`--clients ${o.clients}`] : []), ...(o.keys !== undefined ? [`--keys ${o.keys}`] : []),
-    ...(o.faults !== undefined ? [`--faults ${o.faults.join(",")}`] : []), ...(o.lww ? ["--lww"] : []), ...(o.kv679 ? ["--kv679"] : [])].join(" ")
+    ...(o.faults !== undefined ? [`--faults ${o.faults.length === 0 ? "none" : o.faults.join(",")}`] : []), ...(o.lww ? ["--lww"] : []), ...(o.kv679 ? ["--kv679"] : [])].join(" ")
 
 type View = { nodes: Array<{ id: string; status: string; parked: number }>; owners: string[]; settled: boolean; ringVersion: number; partitions: number }
 
@@ -235,11 +235,14 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
           const n = pick(wl, ups)
           const element = `c${c}-${i}`
           attempted++
-          const g = await inject(n, "GET", `/kv/${key}?timeout=3000`, undefined, {}, 5000)
-          log(`c${c} get ${key} @${n.id} -> ${g?.status ?? "none"}`)
+          // Some reads ask one replica only (a stale context is a client's right), some writes go blind.
+          const r = wl() < 0.3 ? "&r=1" : ""
+          const blind = !deleting && wl() < 0.1
+          const g = blind ? { status: 404, body: "", context: undefined } : await inject(n, "GET", `/kv/${key}?timeout=3000${r}`, undefined, {}, 5000)
+          if (!blind) log(`c${c} get${r} ${key} @${n.id} -> ${g?.status ?? "none"}`)
           if (g === undefined || (g.status !== 200 && g.status !== 300 && g.status !== 404)) continue
           const read = elementsOf(g.status, g.body)
-          reads.push({ key, elements: read })
+          if (!blind) reads.push({ key, elements: read })
           const headers: Record<string, string> = g.context === undefined ? {} : { "x-context": g.context }
           if (deleting) {
             const op: DeleteOp = { key, read, context: g.context ?? "", acked: false }
@@ -272,27 +275,42 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
         await n.start(seedsFor(n)).then(() => log(`restarted ${n.id}`), (e: unknown) => log(`restart ${n.id} failed: ${String(e).slice(0, 200)}`))
       }
       const idle = () => members().filter((n) => n.state === "up" && !busy.has(n) && !network.isPaused(n.id))
-      /** A disk may go (wipe, bit flip, remove, leave) only when all is up, settled and converged, and no other is going. */
-      const safeForDestructive = async () => !destructive && busy.size === 0 && members().length >= 3 && (await convergedNow())
+      /**
+       * A disk may go (wipe, bit flip, remove, leave) when no other is going and the replicas
+       * have converged since the last one went: an acknowledged write has two durable copies,
+       * and losing both before anti-entropy copies it again is a loss no store can avoid.
+       */
+      let convergedSinceDestructive = true
+      const safeForDestructive = async () => {
+        if (destructive || members().length < 3) return false
+        if (!convergedSinceDestructive) convergedSinceDestructive = await convergedNow()
+        return convergedSinceDestructive
+      }
       const groups = () => {
         const ms = [...members()].sort(() => nm() - 0.5)
         const cut = 1 + Math.floor(nm() * Math.floor(ms.length / 2))
         return [ms.slice(0, cut).map((n) => n.id), ms.slice(cut).map((n) => n.id)] as const
       }
+      // A destructive kind drawn at an unsafe moment waits (in order) and is tried first from then on.
+      const deferred: FaultKind[] = []
       const nemesis = async () => {
-        while (running) {
+        while (running && enabled.length > 0) {
           await sleep(100 + Math.floor(nm() * 900))
           if (!running) break
-          const kind = pick(nm, enabled)
+          const kind = deferred.length > 0 && nm() < 0.7 ? deferred.shift()! : pick(nm, enabled)
           const destructiveKind = kind === "wipe" || kind === "bitFlip" || kind === "remove" || kind === "leave"
-          if (destructiveKind && !(await safeForDestructive())) continue
-          if (kind === "join" && (members().length >= 9 || destructive)) continue
+          if (destructiveKind && !(await safeForDestructive())) {
+            if (deferred.length < 4) deferred.push(kind)
+            continue
+          }
+          if (kind === "join" && (members().length >= Math.min(9, nodesN + 2) || destructive)) continue
           const candidates = idle()
           const needsNode = !["partition", "oneWay", "lossy", "duplicate", "slow", "skew", "join"].includes(kind)
           if (needsNode && candidates.length === 0) continue
-          // Never more than one node down at a time beyond what n = 3 survives: keep 2 of 3 up.
+          // At most one node down or paused at a time (two in clusters of five or more).
           const down = members().filter((n) => n.state !== "up" || network.isPaused(n.id)).length
-          if (needsNode && kind !== "skew" && down >= 1) continue
+          if (needsNode && down >= (members().length >= 5 ? 2 : 1)) continue
+          if (destructiveKind) convergedSinceDestructive = false
           if (kind === "leave" || kind === "remove") {
             if (members().length <= 3) continue
           }

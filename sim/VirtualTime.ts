@@ -58,6 +58,8 @@ interface Task {
   /** Repeat period (setInterval), or undefined. */
   readonly every: number | undefined
   cancelled: boolean
+  /** In the queue now (a cancelled task stays there until popped or the queue is rebuilt). */
+  queued: boolean
 }
 
 /** A handle as Node's timers return: ref/unref (no effect: a run ends when its main does), refresh. */
@@ -82,7 +84,7 @@ class VirtualTimer {
     return this
   }
   close(): this {
-    this.task.cancelled = true
+    this.loop.cancelTask(this.task)
     return this
   }
   [Symbol.toPrimitive](): number {
@@ -121,6 +123,7 @@ class Heap {
   }
   push(t: Task): void {
     const xs = this.items
+    t.queued = true
     xs.push(t)
     let i = xs.length - 1
     while (i > 0) {
@@ -133,6 +136,7 @@ class Heap {
   pop(): Task | undefined {
     const xs = this.items
     const top = xs[0]
+    if (top !== undefined) top.queued = false
     const last = xs.pop()
     if (xs.length > 0 && last !== undefined) {
       xs[0] = last
@@ -149,6 +153,13 @@ class Heap {
       }
     }
     return top
+  }
+  /** Drops the cancelled tasks (timeouts cleared long before they are due pile up otherwise). */
+  compact(): void {
+    const live = this.items.filter((t) => !t.cancelled)
+    for (const t of this.items) if (t.cancelled) t.queued = false
+    this.items.length = 0
+    for (const t of live.sort((a, b) => a.at - b.at || a.seq - b.seq)) this.items.push(t)
   }
 }
 
@@ -177,21 +188,35 @@ export class VirtualLoop {
 
   private schedule(fn: (...args: unknown[]) => void, delay: number, args: unknown[], every: number | undefined): VirtualTimer {
     if (typeof fn !== "function") throw new TypeError("The \"callback\" argument must be of type function")
-    const task: Task = { id: this.nextId++, at: this.now + delay, seq: this.seq++, delay, fn, args, every, cancelled: false }
+    const task: Task = { id: this.nextId++, at: this.now + delay, seq: this.seq++, delay, fn, args, every, cancelled: false, queued: false }
     this.queue.push(task)
     return new VirtualTimer(task, this)
   }
 
   /** Timeout.refresh: the task again, its delay counted from now (the old entry is dropped). */
   reschedule(task: Task): Task {
-    task.cancelled = true
-    const next: Task = { ...task, at: this.now + task.delay, seq: this.seq++, cancelled: false }
+    this.cancelTask(task)
+    const next: Task = { ...task, at: this.now + task.delay, seq: this.seq++, cancelled: false, queued: false }
     this.queue.push(next)
     return next
   }
 
+  private cancelled = 0
+
+  /** Cancels a task (clearTimeout and the like). */
+  cancelTask(task: Task): void {
+    if (task.cancelled) return
+    task.cancelled = true
+    if (!task.queued) return
+    // A sorted array is a heap: rebuilding when most of the queue is dead keeps pops cheap.
+    if (++this.cancelled > 1024 && this.cancelled * 2 > this.queue.size) {
+      this.queue.compact()
+      this.cancelled = 0
+    }
+  }
+
   private cancel(handle: unknown): void {
-    if (handle instanceof VirtualTimer) handle.task.cancelled = true
+    if (handle instanceof VirtualTimer) this.cancelTask(handle.task)
   }
 
   /** Replaces the globals with this loop's. */
@@ -268,7 +293,10 @@ export class VirtualLoop {
         if (settled) break
         const task = this.queue.pop()
         if (task === undefined) throw new Stalled(`the simulation stalled at virtual ${this.now - EPOCH_MS} ms: nothing left to run, and the run has not finished`)
-        if (task.cancelled) continue
+        if (task.cancelled) {
+          this.cancelled = Math.max(0, this.cancelled - 1)
+          continue
+        }
         if (task.at > this.now) this.now = task.at
         if (this.now > limit) throw new Stalled(`the simulation ran past ${maxVirtualMs} virtual ms without finishing`)
         this.tasks++

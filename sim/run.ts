@@ -85,7 +85,7 @@ for (const s of seeds) {
   totals.virtualMs += r.virtualMs
   for (const [k, v] of Object.entries(r.faults)) totals.faults[k] = (totals.faults[k] ?? 0) + v
   if (flags.has("log")) for (const l of r.log) process.stdout.write(`${l}\n`)
-  process.stdout.write(`seed ${s} ${r.ok ? "ok" : "FAILED"} hash ${r.hash} ops ${r.attempted} acked ${r.acked} lost ${r.lost} virtual ${(r.virtualMs / 1000).toFixed(1)} s wall ${(r.wallMs / 1000).toFixed(2)} s\n`)
+  process.stdout.write(`seed ${s} ${r.ok ? "ok" : "FAILED"} hash ${r.hash} ops ${r.attempted} acked ${r.acked} lost ${r.lost} virtual ${(r.virtualMs / 1000).toFixed(1)} s wall ${(r.wallMs / 1000).toFixed(2)} s tasks ${r.tasks} events ${r.events}\n`)
   if (!r.ok) {
     totals.failed++
     failedSeeds.push(s)
