@@ -1,4 +1,16 @@
 #!/usr/bin/env node
-// The `tally` command. npm scripts and npx run it with the Node 24 that `npm install`
-// brings (node_modules/.bin/node), which runs the TypeScript sources directly.
-import "../src/cli/main.ts"
+// The `tally` entry point on the Node 24 that `npm install` brings (bin/tally execs it).
+// The CLI is TypeScript that Node 24 runs by stripping types; an older Node would stop at
+// ERR_UNKNOWN_FILE_EXTENSION, so this file is plain JavaScript that checks first and says
+// what to run instead. The import is dynamic so that the check runs before any .ts loads.
+const NEEDED = 24
+const major = Number(process.versions.node.split(".")[0])
+if (!(major >= NEEDED)) {
+  process.stderr.write(
+    `tally needs Node ${NEEDED} or later; this is Node ${process.versions.node} (${process.execPath}).\n` +
+      "Run bin/tally or npx tally, which use the Node 24 that npm install put in node_modules/.bin/node,\n" +
+      "or run this file with that Node: node_modules/.bin/node bin/tally.js ...\n"
+  )
+  process.exit(1)
+}
+await import("../src/cli/main.ts")

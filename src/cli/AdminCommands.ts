@@ -18,8 +18,8 @@ import { BadAnswer, messageOf, UsageError } from "./Errors.ts"
 import * as Http from "./Http.ts"
 import * as TransferProgress from "./TransferProgress.ts"
 
-/** Where `tally admin` sends its requests unless told otherwise: the first node of `tally cluster`. */
-export const DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
+/** Where `tally admin` sends its requests unless --url or TALLY_URL say otherwise: the first node of `tally cluster`. */
+export const DEFAULT_ADMIN_URL = Http.DEFAULT_URL
 
 /** How often `--watch` and `--wait` poll unless `--interval` says otherwise. */
 const DEFAULT_INTERVAL_MS = 1_000
@@ -31,8 +31,8 @@ const NODE_ID = Dvv.NODE_ID
 const common = {
   url: Flag.String("url").pipe(
     Flag.withMetavar("URL"),
-    Flag.withDescription(`address of a member (default ${DEFAULT_ADMIN_URL})`),
-    Flag.withDefault(DEFAULT_ADMIN_URL)
+    Flag.withDescription(`address of a member, without a path (default $TALLY_URL, else ${DEFAULT_ADMIN_URL})`),
+    Flag.optional
   ),
   json: Flag.Boolean("json").pipe(Flag.withDescription("print the node's JSON answer as is, for scripts (default off)"), Flag.withDefault(false)),
   tokenFile: Flag.String("admin-token-file").pipe(
@@ -56,8 +56,9 @@ const readToken = (file: string) =>
     catch: (e) => new UsageError({ message: `cannot read --admin-token-file ${file}: ${Predicate.hasProperty(e, "code") && e.code === "ENOENT" ? "no such file" : messageOf(e)}` })
   })
 
-const adminNode = Effect.fnUntraced(function*(url: string, tokenFile: Option.Option<string>) {
-  yield* Http.checkUrl(url, DEFAULT_ADMIN_URL)
+const adminNode = Effect.fnUntraced(function*(flag: Option.Option<string>, tokenFile: Option.Option<string>) {
+  const { url, source } = Http.resolveUrl(flag)
+  yield* Http.checkUrl(url, DEFAULT_ADMIN_URL, source)
   const token = Option.isSome(tokenFile) ? yield* readToken(tokenFile.value) : undefined
   return { url, token } satisfies AdminApi.AdminNode
 })
@@ -133,7 +134,7 @@ export const ringCommand = Command.make(
     const node = yield* adminNode(url, tokenFile)
     const { value, raw } = yield* AdminApi.cluster(node)
     if (json) return yield* writeOut(jsonLine(raw))
-    if (value.owners === undefined) return yield* new BadAnswer({ url, message: "/admin/cluster does not list the partitions' owners" })
+    if (value.owners === undefined) return yield* new BadAnswer({ url: node.url, message: "/admin/cluster does not list the partitions' owners" })
     yield* writeOut(formatRing(value, value.owners))
   })
 ).pipe(Command.withDescription("Print which member owns each partition, as ranges per owner, with each member's count"))
@@ -165,7 +166,7 @@ export const leaveCommand = Command.make(
     const intervalMs = yield* checkInterval(interval)
     const { value, raw } = yield* AdminApi.leave(node)
     const who = nodeOf(value)
-    yield* writeOut(json ? jsonLine(raw) : `${who === undefined ? url : `node ${who}`} is leaving: it hands its partitions to their new owners, then exits\n`)
+    yield* writeOut(json ? jsonLine(raw) : `${who === undefined ? node.url : `node ${who}`} is leaving: it hands its partitions to their new owners, then exits\n`)
     if (wait) yield* watchTransfers(node, { json, intervalMs, goneIsDone: true })
   })
 ).pipe(
@@ -215,7 +216,7 @@ export const compactCommand = Command.make(
     const node = yield* adminNode(url, tokenFile)
     const { value, raw } = yield* AdminApi.compact(node)
     const who = nodeOf(value)
-    yield* writeOut(json ? jsonLine(raw) : `${who === undefined ? url : `node ${who}`} is compacting: it reaps the tombstones that may be reaped (tally admin aae says which may)\n`)
+    yield* writeOut(json ? jsonLine(raw) : `${who === undefined ? node.url : `node ${who}`} is compacting: it reaps the tombstones that may be reaped (tally admin aae says which may)\n`)
   })
 ).pipe(Command.withDescription("Start a full compaction on the node at --url now; it reaps the tombstones every replica holds"))
 

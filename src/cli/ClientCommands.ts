@@ -1,18 +1,19 @@
 /**
  * `tally get`, `tally put` and `tally delete`: clients of a node's HTTP API (CONTRACT.md).
  * Values go to stdout byte for byte; everything else (contexts, errors) goes to stderr, so
- * `tally get k > file` saves exactly the value.
+ * `tally get k > file` saves exactly the value. `--json` prints one JSON document on stdout
+ * instead (values in base64), for scripts. A key not found exits 4, siblings exit 5.
  */
 import * as fs from "node:fs"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import { Argument, Command, Flag } from "effect/cli"
-import { messageOf, NotFound, UsageError } from "./Errors.ts"
+import { EXIT_CODES_HELP, messageOf, NotFound, SiblingsFound, UsageError } from "./Errors.ts"
 import * as Http from "./Http.ts"
 
-/** Where the client commands send their requests unless told otherwise. */
-export const DEFAULT_URL = "http://127.0.0.1:8080"
+/** Where the client commands send their requests unless --url or TALLY_URL say otherwise. */
+export const DEFAULT_URL = Http.DEFAULT_URL
 
 /** How long a request may wait for its answer unless `--timeout` says otherwise. */
 const DEFAULT_CLIENT_TIMEOUT_MS = 60_000
@@ -134,32 +135,46 @@ const parseSiblings = (body: Uint8Array): { readonly context: string; readonly s
   return { context: parsed.context, siblings }
 }
 
-// ---- commands ---------------------------------------------------------------------------
+// ---- commands ----------------------------------------------------------------------------
 
-const urlFlag = Flag.String("url").pipe(
+/** `--url`, shared with `tally admin`: optional, so that TALLY_URL can stand in for it. */
+export const urlFlag = Flag.String("url").pipe(
   Flag.withMetavar("URL"),
-  Flag.withDescription(`address of any node (default ${DEFAULT_URL})`),
-  Flag.withDefault(DEFAULT_URL)
+  Flag.withDescription(`address of any node, without a path (default $TALLY_URL, else ${DEFAULT_URL})`),
+  Flag.optional
 )
+/** `--json`: one document on stdout, for scripts. */
+const jsonFlag = Flag.Boolean("json").pipe(Flag.withDescription("print one JSON document on stdout instead, values in base64 (default off)"), Flag.withDefault(false))
 const timeoutFlag = Flag.Int("timeout").pipe(
   Flag.withMetavar("MS"),
   Flag.withDescription("how long the node may take to reach its quorum (default: the node's)"),
   Flag.optional
 )
+const verboseFlag = (what: string) =>
+  Flag.Boolean("verbose").pipe(Flag.withAlias("v"), Flag.withDescription(`print ${what} X-Context to stderr (default off)`), Flag.withDefault(false))
+const quorumFlag = (name: "r" | "w", what: string) =>
+  Flag.String(name).pipe(Flag.withMetavar(name.toUpperCase()), Flag.withDescription(`${what} quorum: 1..N, quorum or all (default: the node's)`), Flag.optional)
 const keyArgument = Argument.String("key").pipe(Argument.withDescription("the key, 1 to 1024 bytes of UTF-8"))
 
-const target = Effect.fnUntraced(function*(url: string, key: string, query: Record<string, string | undefined>, timeout: Option.Option<number>) {
-  yield* Http.checkUrl(url, DEFAULT_URL)
+const target = Effect.fnUntraced(function*(url: Option.Option<string>, key: string, query: Record<string, string | undefined>, timeout: Option.Option<number>) {
+  const node = Http.resolveUrl(url)
+  yield* Http.checkUrl(node.url, DEFAULT_URL, node.source)
   yield* checkKey(key)
   const timeoutMs = Option.getOrUndefined(timeout)
   if (timeoutMs !== undefined && timeoutMs < 1) return yield* new UsageError({ message: `--timeout must be a positive number of milliseconds; got ${timeoutMs}` })
-  return { url, key, query, timeoutMs } satisfies Target
+  return { url: node.url, key, query, timeoutMs } satisfies Target
 })
 
+const contextOf = (response: Response): string | undefined => response.headers.get("x-context") ?? undefined
+
 const printContext = (response: Response) => {
-  const context = response.headers.get("x-context")
-  return context === null ? Effect.void : writeErr(`X-Context: ${context}\n`)
+  const context = contextOf(response)
+  return context === undefined ? Effect.void : writeErr(`X-Context: ${context}\n`)
 }
+
+const printJson = (doc: Record<string, unknown>) => writeOut(`${JSON.stringify(doc)}\n`)
+
+const base64 = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString("base64")
 
 /** `tally get <key>`. */
 export const getCommand = Command.make(
@@ -167,33 +182,43 @@ export const getCommand = Command.make(
   {
     key: keyArgument,
     url: urlFlag,
-    r: Flag.String("r").pipe(Flag.withMetavar("R"), Flag.withDescription("read quorum: 1..N, quorum or all (default: the node's)"), Flag.optional),
-    context: Flag.Boolean("context").pipe(Flag.withAlias("v"), Flag.withDescription("also print the X-Context to stderr (default off)"), Flag.withDefault(false)),
+    r: quorumFlag("r", "read"),
+    verbose: verboseFlag("the"),
+    json: jsonFlag,
     timeout: timeoutFlag
   },
-  Effect.fnUntraced(function*({ key, url, r, context, timeout }) {
+  Effect.fnUntraced(function*({ key, url, r, verbose, json, timeout }) {
     const t = yield* target(url, key, { r: yield* checkQuorum("r", r) }, timeout)
     const { response, body } = yield* send("GET", t)
     if (response.status === 200) {
-      if (context) yield* printContext(response)
+      const context = contextOf(response) ?? null
+      if (json) return yield* printJson({ key, found: true, context, contentType: response.headers.get("content-type"), value: base64(body) })
+      if (verbose) yield* printContext(response)
       return yield* writeOut(body)
     }
     if (response.status === 300) {
       const siblings = parseSiblings(body)
       if (siblings === undefined) return yield* Http.failure(response, body)
-      return yield* writeOut(formatSiblings(key, siblings.context, siblings.siblings))
+      if (json) yield* printJson({ key, found: true, context: siblings.context, siblings: siblings.siblings })
+      else yield* writeOut(formatSiblings(key, siblings.context, siblings.siblings))
+      return yield* new SiblingsFound({ key, count: siblings.siblings.length })
     }
-    if (response.status === 404) {
-      if (context) yield* printContext(response)
+    if (response.status === 404 && Http.failure(response, body).code === "not_found") {
+      if (json) yield* printJson({ key, found: false, context: contextOf(response) ?? null })
+      else if (verbose) yield* printContext(response)
       return yield* new NotFound({ key })
     }
     return yield* Http.failure(response, body)
   })
 ).pipe(
-  Command.withDescription("Print the value of a key to stdout, or its concurrent versions if there are several"),
+  Command.withDescription(
+    "Print the value of a key to stdout, or its concurrent versions (siblings) and the context that resolves them. " +
+      `Not found exits 4, siblings exit 5. ${EXIT_CODES_HELP}`
+  ),
   Command.withExamples([
     { command: "tally get greeting", description: "print the value" },
-    { command: "tally get greeting --r all -v", description: "read from every replica; print the context too" }
+    { command: "tally get greeting --r all -v", description: "read from every replica; print the context too" },
+    { command: "tally get greeting --json", description: `{"key","found","context","contentType","value" (base64)} or "siblings"` }
   ])
 )
 
@@ -220,7 +245,7 @@ export const putCommand = Command.make(
     key: keyArgument,
     value: Argument.String("value").pipe(Argument.withDescription("the value; without it, --file or stdin"), Argument.optional),
     url: urlFlag,
-    w: Flag.String("w").pipe(Flag.withMetavar("W"), Flag.withDescription("write quorum: 1..N, quorum or all (default: the node's)"), Flag.optional),
+    w: quorumFlag("w", "write"),
     context: Flag.String("context").pipe(Flag.withMetavar("CTX"), Flag.withDescription("the X-Context you read, to replace what you read (default none: a concurrent write)"), Flag.optional),
     contentType: Flag.String("content-type").pipe(
       Flag.withMetavar("TYPE"),
@@ -228,10 +253,11 @@ export const putCommand = Command.make(
       Flag.optional
     ),
     file: Flag.String("file").pipe(Flag.withMetavar("FILE"), Flag.withDescription("read the value from this file (default: the argument, else stdin)"), Flag.optional),
-    verbose: Flag.Boolean("verbose").pipe(Flag.withAlias("v"), Flag.withDescription("print the new version's X-Context to stderr (default off)"), Flag.withDefault(false)),
+    verbose: verboseFlag("the new version's"),
+    json: jsonFlag,
     timeout: timeoutFlag
   },
-  Effect.fnUntraced(function*({ key, value, url, w, context, contentType, file, verbose, timeout }) {
+  Effect.fnUntraced(function*({ key, value, url, w, context, contentType, file, verbose, json, timeout }) {
     if (Option.isSome(value) && Option.isSome(file)) {
       return yield* new UsageError({ message: "give the value either as an argument or with --file, not both" })
     }
@@ -247,13 +273,14 @@ export const putCommand = Command.make(
     if (Option.isSome(context)) headers["x-context"] = context.value
     const { response, body: answer } = yield* send("PUT", t, { headers, body })
     if (response.status >= 200 && response.status < 300) {
+      if (json) return yield* printJson({ key, context: contextOf(response) ?? null })
       if (verbose) yield* printContext(response)
       return
     }
     return yield* Http.failure(response, answer)
   })
 ).pipe(
-  Command.withDescription("Store a value under a key"),
+  Command.withDescription(`Store a value under a key. ${EXIT_CODES_HELP}`),
   Command.withExamples([
     { command: "tally put greeting hello", description: "store a text value" },
     { command: "tally put photo --file cat.jpg --content-type image/jpeg", description: "store a file" },
@@ -261,26 +288,61 @@ export const putCommand = Command.make(
   ])
 )
 
+/**
+ * The context a delete should carry: what the key holds now. A delete without one is
+ * concurrent with the stored value and removes nothing, so the value is read first.
+ */
+const currentContext = Effect.fnUntraced(function*(t: Target) {
+  const { response, body } = yield* send("GET", { ...t, query: {} })
+  if (response.status === 200) {
+    const context = contextOf(response)
+    if (context !== undefined) return context
+  }
+  if (response.status === 300) {
+    const siblings = parseSiblings(body)
+    if (siblings !== undefined) return siblings.context
+  }
+  if (response.status === 404 && Http.failure(response, body).code === "not_found") return yield* new NotFound({ key: t.key })
+  return yield* Http.failure(response, body)
+})
+
 /** `tally delete <key>`. */
 export const deleteCommand = Command.make(
   "delete",
   {
     key: keyArgument,
     url: urlFlag,
-    w: Flag.String("w").pipe(Flag.withMetavar("W"), Flag.withDescription("write quorum: 1..N, quorum or all (default: the node's)"), Flag.optional),
-    context: Flag.String("context").pipe(Flag.withMetavar("CTX"), Flag.withDescription("delete what this X-Context covers (default none)"), Flag.optional),
-    verbose: Flag.Boolean("verbose").pipe(Flag.withAlias("v"), Flag.withDescription("print the tombstone's X-Context to stderr (default off)"), Flag.withDefault(false)),
+    w: quorumFlag("w", "write"),
+    context: Flag.String("context").pipe(Flag.withMetavar("CTX"), Flag.withDescription("delete what this X-Context covers (default: read the key's context first)"), Flag.optional),
+    blind: Flag.Boolean("blind").pipe(
+      Flag.withDescription("send the delete without reading first and without a context: it is concurrent with what is stored and removes nothing it has not seen (default off)"),
+      Flag.withDefault(false)
+    ),
+    verbose: verboseFlag("the tombstone's"),
+    json: jsonFlag,
     timeout: timeoutFlag
   },
-  Effect.fnUntraced(function*({ key, url, w, context, verbose, timeout }) {
+  Effect.fnUntraced(function*({ key, url, w, context, blind, verbose, json, timeout }) {
+    if (blind && Option.isSome(context)) return yield* new UsageError({ message: "give either --context or --blind, not both" })
     const t = yield* target(url, key, { w: yield* checkQuorum("w", w) }, timeout)
-    const headers: Record<string, string> = Option.isSome(context) ? { "x-context": context.value } : {}
+    const ctx = Option.isSome(context) ? context.value : blind ? undefined : yield* currentContext(t)
+    const headers: Record<string, string> = ctx !== undefined ? { "x-context": ctx } : {}
     const { response, body } = yield* send("DELETE", t, { headers })
     if (response.status >= 200 && response.status < 300) {
+      if (json) return yield* printJson({ key, context: contextOf(response) ?? null })
       if (verbose) yield* printContext(response)
       return
     }
-    if (response.status === 404) return yield* new NotFound({ key })
+    if (response.status === 404 && Http.failure(response, body).code === "not_found") return yield* new NotFound({ key })
     return yield* Http.failure(response, body)
   })
-).pipe(Command.withDescription("Delete a key"))
+).pipe(
+  Command.withDescription(
+    "Delete a key: reads its context first, so that the delete covers the value stored now (--context gives one, --blind sends none). " +
+      `Not found exits 4. ${EXIT_CODES_HELP}`
+  ),
+  Command.withExamples([
+    { command: "tally delete greeting", description: "read the key's context, then delete what it covers" },
+    { command: "tally delete greeting --context CTX", description: "delete the version(s) you read" }
+  ])
+)

@@ -1,7 +1,8 @@
 /**
  * Every way a `tally` command fails, with the text it prints to stderr and the exit code it
  * ends with: 1 when a node answered with an error, 2 for a usage error, 3 when no node
- * answered. Scripts rely on these codes; keep them stable.
+ * answered, 4 when the key has no value, 5 when it has siblings. Scripts rely on these codes
+ * (docs/operations.md and `tally --help` list them); keep them stable.
  */
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
@@ -14,8 +15,15 @@ export const ExitCode = {
   /** Bad flags, arguments or settings. */
   usage: 2,
   /** No node answered at the given address. */
-  unreachable: 3
+  unreachable: 3,
+  /** The key has no value (`get`, `delete`). */
+  notFound: 4,
+  /** The key holds concurrent versions (`get`): they were printed; write one back with the context. */
+  siblings: 5
 } as const
+
+/** The exit codes as `--help` shows them. */
+export const EXIT_CODES_HELP = "Exit codes: 0 done, 1 the node answered with an error, 2 usage error, 3 no node answered, 4 not found, 5 siblings (printed, with the context to resolve them)."
 
 /** Bad flags or arguments, found by the command itself. */
 export class UsageError extends Schema.TaggedError<UsageError>()("UsageError", {
@@ -67,12 +75,26 @@ export class BadAnswer extends Schema.TaggedError<BadAnswer>()("BadAnswer", {
 export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", {
   key: Schema.String
 }) {
-  readonly exitCode = ExitCode.failed
+  readonly exitCode = ExitCode.notFound
   override get message(): string {
     return `not found: ${this.key}`
   }
   get report(): string {
     return "not found"
+  }
+}
+
+/** The key holds concurrent versions; they are on stdout already, so nothing more is said. */
+export class SiblingsFound extends Schema.TaggedError<SiblingsFound>()("SiblingsFound", {
+  key: Schema.String,
+  count: Schema.Number
+}) {
+  readonly exitCode = ExitCode.siblings
+  override get message(): string {
+    return `${this.count} siblings: ${this.key}`
+  }
+  get report(): string {
+    return ""
   }
 }
 
@@ -101,7 +123,7 @@ export class NodeFailed extends Schema.TaggedError<NodeFailed>()("NodeFailed", {
 }
 
 /** Any failure above. */
-export type CliFailure = UsageError | InvalidSettings | RequestFailed | BadAnswer | NotFound | Unreachable | NodeFailed
+export type CliFailure = UsageError | InvalidSettings | RequestFailed | BadAnswer | NotFound | SiblingsFound | Unreachable | NodeFailed
 
 /** Whether `u` is one of the failures above. */
 export const isCliFailure = (u: unknown): u is CliFailure =>

@@ -3,7 +3,9 @@
  * told in words (Unreachable, exit 3) and a node's error answer as a RequestFailed (exit 1).
  * Shared by the key-value clients and `tally admin`, so both fail the same way.
  */
+import * as fs from "node:fs"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import { messageOf, RequestFailed, Unreachable, UsageError } from "./Errors.ts"
 
@@ -21,17 +23,44 @@ export interface RequestInit {
   readonly timeoutMs: number
 }
 
-/** `url` if it is an http:// or https:// address; `example` goes into the message otherwise. */
-export const checkUrl = (url: string, example: string): Effect.Effect<URL, UsageError> => {
+/** The first node of `npm start` (`tally cluster --nodes 3`): where commands go by default. */
+export const DEFAULT_URL = "http://127.0.0.1:8081"
+
+/** A node address and where it came from, for messages. */
+export interface NodeUrl {
+  readonly url: string
+  /** `--url`, `TALLY_URL` or `default`. */
+  readonly source: string
+}
+
+/** `--url` if given, else `TALLY_URL` if set, else DEFAULT_URL (as redis-cli and etcdctl read their env). */
+export const resolveUrl = (flag: Option.Option<string>, env: NodeJS.ProcessEnv = process.env): NodeUrl =>
+  Option.isSome(flag)
+    ? { url: flag.value, source: "--url" }
+    : env.TALLY_URL !== undefined && env.TALLY_URL !== ""
+    ? { url: env.TALLY_URL, source: "TALLY_URL" }
+    : { url: DEFAULT_URL, source: "default" }
+
+/**
+ * `url` if it is a node's http:// or https:// address, with no path, query or fragment:
+ * commands add /kv/<key> or /admin/... themselves, so a path would silently address
+ * something else. `example` and `source` (the flag or variable) go into the message otherwise.
+ */
+export const checkUrl = (url: string, example: string, source = "--url"): Effect.Effect<URL, UsageError> => {
   let parsed: URL | undefined
   try {
     parsed = new URL(url)
   } catch {
     parsed = undefined
   }
-  return parsed !== undefined && (parsed.protocol === "http:" || parsed.protocol === "https:")
-    ? Effect.succeed(parsed)
-    : Effect.fail(new UsageError({ message: `--url must be an http:// or https:// address such as ${example}; got ${url}` }))
+  if (parsed === undefined || (parsed.protocol !== "http:" && parsed.protocol !== "https:")) {
+    return Effect.fail(new UsageError({ message: `${source} must be an http:// or https:// address such as ${example}; got ${url}` }))
+  }
+  if (parsed.pathname !== "/" || parsed.search !== "" || parsed.hash !== "") {
+    const extra = `${parsed.pathname === "/" ? "" : parsed.pathname}${parsed.search}${parsed.hash}`
+    return Effect.fail(new UsageError({ message: `${source} must be a node's address without a path, such as ${example}; got ${url} (remove ${extra}: tally adds the /kv/ or /admin/ path itself)` }))
+  }
+  return Effect.succeed(parsed)
 }
 
 /** `base` (as the user gave it, perhaps with a trailing slash) joined with an absolute `path`. */
@@ -55,20 +84,39 @@ const networkReason = (e: unknown): string => {
   return Predicate.hasProperty(cause, "message") && Predicate.isString(cause.message) ? cause.message : messageOf(e)
 }
 
-/** Sends one request to `url`; fails with Unreachable (naming `node`) when no HTTP answer comes back. */
-export const send = (method: string, node: string, url: string, init: RequestInit): Effect.Effect<Answer, Unreachable> =>
-  Effect.tryPromise({
+/**
+ * The bearer token for a node started with --admin-token-file or --client-token-file:
+ * `TALLY_TOKEN` (the token itself) or `TALLY_TOKEN_FILE` (a file whose first line is it, as
+ * curl's and etcdctl's users keep secrets out of the process list). Undefined: none.
+ * HTTPS to a node with a private CA: `NODE_EXTRA_CA_CERTS=ca.pem`, read by Node itself.
+ */
+export const resolveToken = (env: NodeJS.ProcessEnv = process.env): Effect.Effect<string | undefined, UsageError> => {
+  if (env.TALLY_TOKEN !== undefined && env.TALLY_TOKEN !== "") return Effect.succeed(env.TALLY_TOKEN.trim())
+  const file = env.TALLY_TOKEN_FILE
+  if (file === undefined || file === "") return Effect.succeed(undefined)
+  return Effect.try({
+    try: () => fs.readFileSync(file, "utf8").split(/\r?\n/).map((l) => l.trim()).find((l) => l !== "" && !l.startsWith("#")),
+    catch: (e) => new UsageError({ message: `TALLY_TOKEN_FILE ${file} cannot be read: ${messageOf(e)}` })
+  }).pipe(Effect.flatMap((t) => t === undefined ? Effect.fail(new UsageError({ message: `TALLY_TOKEN_FILE ${file} holds no token` })) : Effect.succeed(t)))
+}
+
+/**
+ * Sends one request to `url`; fails with Unreachable (naming `node`) when no HTTP answer comes
+ * back. The token of resolveToken goes along, unless the caller sent its own Authorization.
+ */
+export const send = (method: string, node: string, url: string, init: RequestInit): Effect.Effect<Answer, Unreachable | UsageError> =>
+  Effect.flatMap(resolveToken(), (token) => Effect.tryPromise({
     try: async (signal) => {
       const response = await fetch(url, {
         method,
-        headers: { ...init.headers },
+        headers: { ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...init.headers },
         ...(init.body !== undefined ? { body: init.body } : {}),
         signal: AbortSignal.any([signal, AbortSignal.timeout(init.timeoutMs)])
       })
       return { response, body: new Uint8Array(await response.arrayBuffer()) }
     },
     catch: (e) => new Unreachable({ url: node, reason: networkReason(e) })
-  })
+  }))
 
 /** The node's error answer as a RequestFailed, whatever its body. */
 export const failure = (response: Response, body: Uint8Array): RequestFailed => {

@@ -1,7 +1,8 @@
 /**
  * The `tally` command line: `node`, `cluster`, the `get`/`put`/`delete` clients and `admin`.
  * This module runs on import (bin/tally.js) and owns the process exit code: 0 on success, 1
- * when a node answered with an error or failed, 2 for usage errors, 3 when no node answered.
+ * when a node answered with an error or failed, 2 for usage errors, 3 when no node answered,
+ * 4 for a key not found, 5 for siblings (Errors.ts).
  */
 import * as fs from "node:fs"
 import * as NodeServices from "@effect/platform-node/NodeServices"
@@ -13,7 +14,8 @@ import { CliConfig, CliError, CliOutput, Command, Flag, GlobalFlag } from "effec
 import { adminCommand } from "./AdminCommands.ts"
 import { deleteCommand, getCommand, putCommand } from "./ClientCommands.ts"
 import { clusterCommand } from "./ClusterCommand.ts"
-import { ExitCode, isCliFailure } from "./Errors.ts"
+import { EXIT_CODES_HELP, ExitCode, isCliFailure } from "./Errors.ts"
+import { DEFAULT_URL } from "./Http.ts"
 import { nodeCommand } from "./NodeCommand.ts"
 
 const VERSION = (() => {
@@ -51,7 +53,7 @@ const presenter: CliOutput.Presenter = {
 
 /** The whole command tree. */
 export const tally = Command.make("tally").pipe(
-  Command.withDescription("Tally, a Dynamo-style distributed key-value store"),
+  Command.withDescription(`Tally, a Dynamo-style distributed key-value store. Commands reach the node at --url, else $TALLY_URL, else ${DEFAULT_URL} (the first node of npm start). ${EXIT_CODES_HELP}`),
   Command.withSubcommands([nodeCommand, clusterCommand, getCommand, putCommand, deleteCommand, adminCommand])
 )
 
@@ -61,7 +63,7 @@ const finish = (exit: Exit.Exit<void, unknown>): number => {
   if (Cause.hasInterruptsOnly(exit.cause)) return 130
   const error = Cause.squash(exit.cause)
   if (isCliFailure(error)) {
-    process.stderr.write(`${error.report}\n`)
+    if (error.report !== "") process.stderr.write(`${error.report}\n`)
     return error.exitCode
   }
   if (CliError.isCliError(error)) {

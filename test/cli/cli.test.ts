@@ -20,6 +20,8 @@ t.test("--help works on every command and lists every flag with its default", as
   const top = await run(["--help"])
   t.equal(top.code, 0)
   for (const c of ["node", "cluster", "get", "put", "delete", "admin"]) t.match(top.stdout.toString(), c)
+  t.match(top.stdout.toString(), /Exit codes: 0 done, 1 the node answered with an error, 2 usage error, 3 no node answered, 4 not found, 5 siblings/, "the exit codes are in --help")
+  t.match(top.stdout.toString(), "$TALLY_URL, else http://127.0.0.1:8081", "and where commands go by default")
 
   const node = await run(["node", "--help"])
   t.equal(node.code, 0)
@@ -31,9 +33,9 @@ t.test("--help works on every command and lists every flag with its default", as
   }
 
   const commands = [
-    ["get", ["--url", "--r", "--context", "-v"]],
-    ["put", ["--url", "--w", "--context", "--content-type", "--file"]],
-    ["delete", ["--url", "--context"]],
+    ["get", ["--url", "--r", "--verbose", "-v", "--json", "exits 4", "exit 5"]],
+    ["put", ["--url", "--w", "--context", "--content-type", "--file", "--json"]],
+    ["delete", ["--url", "--context", "--blind", "--json", "exits 4"]],
     ["cluster", ["--nodes", "--base-port", "--data", "--fsync", "--n"]]
   ] as const
   const helps = await Promise.all(commands.map(([cmd]) => run([cmd, "--help"])))
@@ -76,7 +78,11 @@ t.test("usage errors exit 2 with a clear message and no stack trace", async (t) 
   t.equal(missing.code, 2)
   t.match(missing.stderr, "no such file")
 
-  const usages = [["get"], ["bogus"], ["get", "k", "--r", "x"], ["get", "k", "--url", "ftp://x"], ["put", "k", "v", "--file", "f"], ["cluster"], ["cluster", "--nodes", "0"]]
+  const usages = [
+    ["get"], ["bogus"], ["get", "k", "--r", "x"], ["get", "k", "--url", "ftp://x"], ["get", "k", "--url", "http://127.0.0.1:8081/kv"],
+    ["delete", "k", "--url", "http://127.0.0.1:8081/#x"], ["admin", "status", "--url", "http://127.0.0.1:8081/admin"],
+    ["put", "k", "v", "--file", "f"], ["cluster"], ["cluster", "--nodes", "0"]
+  ]
   const ran = await Promise.all(usages.map((args) => run(args)))
   for (const [i, args] of usages.entries()) {
     const r = ran[i]!
@@ -150,25 +156,28 @@ const mockApi = async (t: Test) => {
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, seen }
 }
 
-t.test("get: raw value on stdout, context on stderr with -v, siblings, 404 and errors", async (t) => {
+t.test("get: raw value on stdout, context on stderr with -v, siblings exit 5, 404 exits 4, errors", async (t) => {
   const api = await mockApi(t)
   const hello = await run(["get", "hello", "--url", api.url])
   t.equal(hello.code, 0)
   t.equal(hello.stdout.toString(), "hello", "the value, byte for byte, no newline added")
   t.equal(hello.stderr, "")
 
-  const bin = await run(["get", "bin", "--url", api.url, "--context"])
+  const bin = await run(["get", "bin", "--url", api.url, "--verbose"])
   t.equal(bin.code, 0)
   t.same(bin.stdout, BINARY, "binary values are untouched")
   t.equal(bin.stderr, "X-Context: ctx-bin\n")
-  t.equal((await run(["get", "bin", "--url", api.url, "-v"])).stderr, "X-Context: ctx-bin\n", "-v is --context")
+  t.equal((await run(["get", "bin", "--url", api.url, "-v"])).stderr, "X-Context: ctx-bin\n", "-v is --verbose")
+  const boolContext = await run(["get", "bin", "--url", api.url, "--context"])
+  t.equal(boolContext.code, 2, "--context is not a switch on get: it takes a value everywhere, and get has none to take")
 
   const spaced = await run(["get", "a b/c", "--url", `${api.url}/`, "--r", "all", "--timeout", "500"])
   t.equal(spaced.code, 0)
   t.equal(api.seen.at(-1)!.url, "/kv/a%20b%2Fc?r=all&timeout=500", "key URL-encoded; r and timeout passed on")
 
   const conflict = await run(["get", "conflict", "--url", api.url])
-  t.equal(conflict.code, 0)
+  t.equal(conflict.code, 5, "siblings exit 5")
+  t.equal(conflict.stderr, "")
   const text = conflict.stdout.toString()
   t.match(text, "2 concurrent versions")
   t.match(text, "sibling 1 of 2\ncontent-type: text/plain\nlast-modified: 2024-05-01T10:00:00.000Z\nvalue: one")
@@ -176,11 +185,29 @@ t.test("get: raw value on stdout, context on stderr with -v, siblings, 404 and e
   t.match(text, "context: ctx-both")
   t.match(text, "tally put conflict VALUE --context ctx-both")
 
+  const conflictJson = await run(["get", "conflict", "--url", api.url, "--json"])
+  t.equal(conflictJson.code, 5)
+  t.same(JSON.parse(conflictJson.stdout.toString()), {
+    key: "conflict",
+    found: true,
+    context: "ctx-both",
+    siblings: [
+      { value: b64("one"), contentType: "text/plain", lastModified: "2024-05-01T10:00:00.000Z" },
+      { value: b64(BINARY), contentType: "application/octet-stream", lastModified: "2024-05-01T10:00:01.000Z" }
+    ]
+  })
+  const binJson = await run(["get", "bin", "--url", api.url, "--json"])
+  t.equal(binJson.code, 0)
+  t.same(JSON.parse(binJson.stdout.toString()), { key: "bin", found: true, context: "ctx-bin", contentType: "application/octet-stream", value: b64(BINARY) })
+
   const missing = await run(["get", "missing", "--url", api.url])
-  t.equal(missing.code, 1)
+  t.equal(missing.code, 4, "not found exits 4")
   t.equal(missing.stderr, "not found\n")
   t.equal(missing.stdout.length, 0)
   t.equal((await run(["get", "missing", "--url", api.url, "-v"])).stderr, "X-Context: ctx-tomb\nnot found\n", "a tombstone's context is shown")
+  const missingJson = await run(["get", "missing", "--url", api.url, "--json"])
+  t.equal(missingJson.code, 4)
+  t.same(JSON.parse(missingJson.stdout.toString()), { key: "missing", found: false, context: "ctx-tomb" })
 
   const slow = await run(["get", "slow", "--url", api.url])
   t.equal(slow.code, 1)
@@ -205,6 +232,8 @@ t.test("put: value from the argument, --file or stdin; context and content type 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tally-cli-"))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   fs.writeFileSync(path.join(dir, "v.bin"), BINARY)
+  const asJson = await run(["put", "k1", "hello", "--url", api.url, "--json"])
+  t.same(JSON.parse(asJson.stdout.toString()), { key: "k1", context: "ctx-new" }, "--json: the new context on stdout")
   const fromFile = await run(["put", "k2", "--file", path.join(dir, "v.bin"), "--url", api.url, "--context", "ctx-read", "-v"])
   t.equal(fromFile.code, 0)
   t.equal(fromFile.stderr, "X-Context: ctx-new\n")
@@ -228,16 +257,46 @@ t.test("put: value from the argument, --file or stdin; context and content type 
   t.equal(noFile.stderr, `error: cannot read --file ${path.join(dir, "nope")}: no such file\n`)
 })
 
-t.test("delete: context sent; 404 is not found", async (t) => {
+t.test("delete: reads the context first unless given one or --blind; not found exits 4", async (t) => {
   const api = await mockApi(t)
   const del = await run(["delete", "k1", "--url", api.url, "--context", "ctx-x"])
   t.equal(del.code, 0)
-  const req = api.seen.at(-1)!
-  t.equal(req.method, "DELETE")
-  t.equal(req.headers["x-context"], "ctx-x")
+  t.same(api.seen.map((r) => [r.method, r.headers["x-context"]]), [["DELETE", "ctx-x"]], "a given context: no read")
+
+  api.seen.length = 0
+  const read = await run(["delete", "hello", "--url", api.url, "--json"])
+  t.equal(read.code, 0)
+  t.same(api.seen.map((r) => [r.method, r.url, r.headers["x-context"]]), [["GET", "/kv/hello", undefined], ["DELETE", "/kv/hello", "ctx-hello"]], "the value's context read, then sent")
+  t.same(JSON.parse(read.stdout.toString()), { key: "hello", context: "ctx-new" })
+
+  api.seen.length = 0
+  t.equal((await run(["delete", "conflict", "--url", api.url])).code, 0)
+  t.equal(api.seen.at(-1)!.headers["x-context"], "ctx-both", "siblings: the context that covers them all")
+
+  api.seen.length = 0
+  t.equal((await run(["delete", "k1", "--url", api.url, "--blind"])).code, 0)
+  t.same(api.seen.map((r) => [r.method, r.headers["x-context"]]), [["DELETE", undefined]], "--blind: no read, no context")
+
+  api.seen.length = 0
   const missing = await run(["delete", "missing", "--url", api.url])
-  t.equal(missing.code, 1)
+  t.equal(missing.code, 4)
   t.equal(missing.stderr, "not found\n")
+  t.same(api.seen.map((r) => r.method), ["GET"], "nothing to delete: nothing written")
+  const both = await run(["delete", "k", "--url", api.url, "--blind", "--context", "c"])
+  t.equal(both.code, 2)
+  t.equal(both.stderr, "error: give either --context or --blind, not both\n")
+})
+
+t.test("TALLY_URL stands in for --url; --url wins", async (t) => {
+  const api = await mockApi(t)
+  const viaEnv = await run(["get", "hello"], { env: { TALLY_URL: api.url } })
+  t.equal(viaEnv.code, 0)
+  t.equal(viaEnv.stdout.toString(), "hello")
+  const flagWins = await run(["get", "hello", "--url", api.url], { env: { TALLY_URL: "http://127.0.0.1:1" } })
+  t.equal(flagWins.code, 0)
+  const bad = await run(["get", "hello"], { env: { TALLY_URL: "nope" } })
+  t.equal(bad.code, 2)
+  t.equal(bad.stderr, "error: TALLY_URL must be an http:// or https:// address such as http://127.0.0.1:8081; got nope\n")
 })
 
 t.test("a node that cannot be reached exits 3", async (t) => {
