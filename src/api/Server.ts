@@ -8,10 +8,14 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify"
 import { Cause, Effect, Exit } from "effect"
 import type { Coordinator } from "../coordinator/Coordinator.ts"
+import { DEFAULTS } from "../config/Settings.ts"
 import { ApiError, apiError } from "../Errors.ts"
 import type { Metrics } from "../metrics/Metrics.ts"
 import * as Dvv from "../versions/Dvv.ts"
 import { liveSiblings, type Sibling } from "../versions/Sibling.ts"
+import { registerAdmission } from "./Admission.ts"
+import { registerAuth, type AuthConfig } from "./Auth.ts"
+import type { HttpsFiles } from "./Https.ts"
 import { parseContentType, parseContext, parseKey, parseQuorum, QUERY_SCHEMA, type KvQuery, type RequestDefaults } from "./Request.ts"
 
 /** What the API needs from the node. */
@@ -43,6 +47,12 @@ export interface ApiDeps {
   readonly faults?: { readonly set: (drop: ReadonlyArray<string>) => void; readonly get: () => ReadonlyArray<string> }
   /** The node's logger (pino), shared with the Effect runtime. */
   readonly logger: Logger
+  /** Token files of /admin/* and /kv (Auth.ts); absent: admin from loopback only, kv open. */
+  readonly auth?: AuthConfig
+  /** Certificate and key: the API serves HTTPS. */
+  readonly https?: HttpsFiles | undefined
+  /** Requests served at once (Admission.ts); absent: DEFAULTS.maxRequestsInFlight. */
+  readonly maxRequestsInFlight?: number | undefined
 }
 
 type Logger = FastifyBaseLogger
@@ -85,6 +95,9 @@ const pathPattern = (url: string): RegExp =>
 /** Builds the Fastify app (not listening). */
 export const buildServer = (deps: ApiDeps): FastifyInstance => {
   const app = Fastify({
+    // HTTPS changes only the server underneath, not the app's routes or types: typed as {} so
+    // Fastify's overloads keep the plain-HTTP instance type the rest of the code is written to.
+    ...(deps.https === undefined ? {} : ({ https: { cert: deps.https.cert, key: deps.https.key } } as {})),
     loggerInstance: deps.logger,
     routerOptions: { maxParamLength: MAX_PARAM },
     bodyLimit: BODY_CEILING,
@@ -96,6 +109,11 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
       sendError(reply, apiError("bad_request", `malformed request: ${err.message}; keys are UTF-8, URL-encoded in the path`)),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } }
   })
+
+  // Who may connect, before anything else reads the request: the in-flight bound, then tokens.
+  const maxInFlight = deps.maxRequestsInFlight ?? DEFAULTS.maxRequestsInFlight
+  registerAdmission(app, () => maxInFlight, () => deps.metrics.limitHit("http_in_flight"))
+  registerAuth(app, deps.auth ?? {}, deps.logger)
 
   // Values are bytes whatever their type, even one Fastify could not parse as a media type:
   // the client's header is kept aside for storage and the body is read as plain bytes.

@@ -21,6 +21,8 @@ import { isReapingMessage, Reaping, type ReapingConfig } from "../aae/Reaping.ts
 import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { readSecretFile } from "../transport/Tls.ts"
+import { readTokenFile } from "../api/Auth.ts"
+import { readHttpsFiles } from "../api/Https.ts"
 import { makeMetrics } from "../metrics/Metrics.ts"
 import { defaultReplicaConfig, Replica } from "../replica/Replica.ts"
 import * as Dvv from "../versions/Dvv.ts"
@@ -104,6 +106,9 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   })
   // The secret is read once, at start: a bad file stops the node before it listens.
   const tls = settings.clusterSecretFile === undefined ? undefined : readSecretFile(settings.clusterSecretFile)
+  // So are the client API's token files and certificate (src/api/Auth.ts re-reads tokens later).
+  for (const f of [settings.adminTokenFile, settings.clientTokenFile]) if (f !== undefined) readTokenFile(f)
+  const https = settings.tlsCert !== undefined && settings.tlsKey !== undefined ? readHttpsFiles(settings.tlsCert, settings.tlsKey) : undefined
   const transport = options.network !== undefined
     ? Transport.layerMemory(options.network, { nodeId: settings.id, cluster })
     : Transport.layer({ nodeId: settings.id, host: settings.host, port: settings.clusterPort, cluster, tls })
@@ -113,6 +118,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     partitions: settings.partitions,
     dataDir: settings.data,
     seeds: settings.seeds,
+    seedScheme: settings.tlsCert === undefined ? "http" : "https",
     ...(options.seedIds === undefined ? {} : { seedPeers: options.seedIds.map((id) => ({ id, host: "memory", port: 0 })) }),
     files
   })
@@ -208,6 +214,9 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const app = buildServer({
     nodeId: settings.id,
     logger,
+    auth: { adminTokenFile: settings.adminTokenFile, clientTokenFile: settings.clientTokenFile },
+    https,
+    maxRequestsInFlight: settings.maxRequestsInFlight,
     metrics,
     run,
     settings: () => ({ n: settings.n, r: live.r, w: live.w, timeoutMs: DEFAULT_TIMEOUT_MS, maxValueBytes: live.maxValueBytes }),
@@ -353,5 +362,6 @@ export const startNode = async (settings: NodeSettings, options: StartOptions = 
     await node.close()
     throw e
   }
-  return { id: settings.id, url: `http://${settings.host}:${settings.port}`, left: node.left, applyLive: node.applyLive, close: node.close }
+  const scheme = settings.tlsCert === undefined ? "http" : "https"
+  return { id: settings.id, url: `${scheme}://${settings.host}:${settings.port}`, left: node.left, applyLive: node.applyLive, close: node.close }
 }
