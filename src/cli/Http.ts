@@ -3,7 +3,6 @@
  * told in words (Unreachable, exit 3) and a node's error answer as a RequestFailed (exit 1).
  * Shared by the key-value clients and `tally admin`, so both fail the same way.
  */
-import * as fs from "node:fs"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
@@ -85,28 +84,24 @@ const networkReason = (e: unknown): string => {
 }
 
 /**
- * The bearer token for a node started with --admin-token-file or --client-token-file:
- * `TALLY_TOKEN` (the token itself) or `TALLY_TOKEN_FILE` (a file whose first line is it, as
- * curl's and etcdctl's users keep secrets out of the process list). Undefined: none.
- * HTTPS to a node with a private CA: `NODE_EXTRA_CA_CERTS=ca.pem`, read by Node itself.
+ * The bearer token for a node started with --client-token-file (or --admin-token-file):
+ * `TALLY_TOKEN`, as etcdctl and the Docker CLI take theirs from the environment, so it stays
+ * out of the process list. HTTPS to a node with a private CA: `NODE_EXTRA_CA_CERTS=ca.pem`,
+ * which Node itself reads. Undefined: no token is sent.
  */
-export const resolveToken = (env: NodeJS.ProcessEnv = process.env): Effect.Effect<string | undefined, UsageError> => {
-  if (env.TALLY_TOKEN !== undefined && env.TALLY_TOKEN !== "") return Effect.succeed(env.TALLY_TOKEN.trim())
-  const file = env.TALLY_TOKEN_FILE
-  if (file === undefined || file === "") return Effect.succeed(undefined)
-  return Effect.try({
-    try: () => fs.readFileSync(file, "utf8").split(/\r?\n/).map((l) => l.trim()).find((l) => l !== "" && !l.startsWith("#")),
-    catch: (e) => new UsageError({ message: `TALLY_TOKEN_FILE ${file} cannot be read: ${messageOf(e)}` })
-  }).pipe(Effect.flatMap((t) => t === undefined ? Effect.fail(new UsageError({ message: `TALLY_TOKEN_FILE ${file} holds no token` })) : Effect.succeed(t)))
+export const envToken = (env: NodeJS.ProcessEnv = process.env): string | undefined => {
+  const t = env.TALLY_TOKEN?.trim()
+  return t === undefined || t === "" ? undefined : t
 }
 
 /**
  * Sends one request to `url`; fails with Unreachable (naming `node`) when no HTTP answer comes
- * back. The token of resolveToken goes along, unless the caller sent its own Authorization.
+ * back. The token of envToken goes along, unless the caller sent its own Authorization.
  */
-export const send = (method: string, node: string, url: string, init: RequestInit): Effect.Effect<Answer, Unreachable | UsageError> =>
-  Effect.flatMap(resolveToken(), (token) => Effect.tryPromise({
+export const send = (method: string, node: string, url: string, init: RequestInit): Effect.Effect<Answer, Unreachable> =>
+  Effect.tryPromise({
     try: async (signal) => {
+      const token = envToken()
       const response = await fetch(url, {
         method,
         headers: { ...(token === undefined ? {} : { authorization: `Bearer ${token}` }), ...init.headers },
@@ -116,7 +111,7 @@ export const send = (method: string, node: string, url: string, init: RequestIni
       return { response, body: new Uint8Array(await response.arrayBuffer()) }
     },
     catch: (e) => new Unreachable({ url: node, reason: networkReason(e) })
-  }))
+  })
 
 /** The node's error answer as a RequestFailed, whatever its body. */
 export const failure = (response: Response, body: Uint8Array): RequestFailed => {

@@ -65,6 +65,21 @@ export interface NodeSettings {
   readonly config: string | undefined
   /** File of the cluster secret (src/transport/Tls.ts); undefined: internode traffic is plain TCP. */
   readonly clusterSecretFile?: string | undefined
+  /** File of the bearer token(s) /admin/* needs (src/api/Auth.ts); undefined: loopback clients only. */
+  readonly adminTokenFile?: string | undefined
+  /** File of the bearer token(s) /kv needs; undefined: no token. */
+  readonly clientTokenFile?: string | undefined
+  /** Certificate and key (PEM) of the client API's HTTPS; both or neither. */
+  readonly tlsCert?: string | undefined
+  readonly tlsKey?: string | undefined
+  /** HTTP requests served at once; more are answered 503 with Retry-After. The bounds below: DEFAULTS when absent (embedded nodes). */
+  readonly maxRequestsInFlight?: number | undefined
+  /** Internode connections accepted at once; more are closed as they arrive. */
+  readonly maxInboundConnections?: number | undefined
+  /** Largest internode frame before a peer's hello is accepted. */
+  readonly maxHelloFrameBytes?: number | undefined
+  /** Largest internode frame after it. */
+  readonly maxFrameBytes?: number | undefined
   /** Partition transfers this node receives at once (live). */
   readonly transferConcurrency: number
   /** Most bytes per second this node pulls in transfers, 0 for no limit (live). */
@@ -126,6 +141,10 @@ export const DEFAULTS = {
   maxValueBytes: 1024 * 1024,
   logLevel: "info" as LogLevel,
   enableFaultInjection: false,
+  maxRequestsInFlight: 1024,
+  maxInboundConnections: 512,
+  maxHelloFrameBytes: 64 * 1024,
+  maxFrameBytes: 64 * 1024 * 1024,
   transferConcurrency: 2,
   transferBytesPerSecond: 0,
   aaeIntervalMs: 1_000,
@@ -209,6 +228,14 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("aaeWindow", "aae-window", "H-H", "UTC hours [from, to) in which anti-entropy exchanges run, e.g. 22-6; always: any hour (live)", "always"),
   flag("tombstoneGrace", "tombstone-grace", "S", "seconds a tombstone is kept at least; it goes only once every primary holds it (live)", String(DEFAULTS.compaction.tombstoneGraceMs / 1000)),
   flag("clusterSecretFile", "cluster-secret-file", "FILE", "secret shared by the cluster's nodes: internode traffic is TLS, authenticated with it; a second line is a previous secret still accepted; needed to listen beyond loopback", "none: plain TCP, loopback only"),
+  flag("adminTokenFile", "admin-token-file", "FILE", "bearer token /admin/* needs (one a line, all accepted; re-read when it changes)", "none: /admin/* answers loopback clients only"),
+  flag("clientTokenFile", "client-token-file", "FILE", "bearer token /kv needs (one a line, all accepted; re-read when it changes)", "none"),
+  flag("tlsCert", "tls-cert", "FILE", "PEM certificate (chain) of the client API: it serves HTTPS; with --tls-key", "none: HTTP"),
+  flag("tlsKey", "tls-key", "FILE", "PEM private key of --tls-cert", "none"),
+  flag("maxRequestsInFlight", "max-requests-in-flight", "K", "HTTP requests served at once; more are answered 503 with Retry-After", String(DEFAULTS.maxRequestsInFlight)),
+  flag("maxInboundConnections", "max-inbound-connections", "K", "internode connections accepted at once; more are closed", String(DEFAULTS.maxInboundConnections)),
+  flag("maxHelloFrameBytes", "max-hello-frame-bytes", "BYTES", "largest internode frame before a peer's hello is accepted", String(DEFAULTS.maxHelloFrameBytes)),
+  flag("maxFrameBytes", "max-frame-bytes", "BYTES", "largest internode frame after the hello", String(DEFAULTS.maxFrameBytes)),
   flag("config", "config", "FILE", "JSON config file with the same settings; watched for live changes", "none"),
   flag("enableFaultInjection", "enable-fault-injection", undefined, "turn on POST /admin/faults (tests only)", "off")
 ]
@@ -254,6 +281,14 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   aaeWindow: { type: "window" },
   tombstoneGrace: { type: "int", min: 0, max: MAX_GRACE_SECONDS },
   clusterSecretFile: { type: "text", pattern: /\S/, expected: "a file path" },
+  adminTokenFile: { type: "text", pattern: /\S/, expected: "a file path" },
+  clientTokenFile: { type: "text", pattern: /\S/, expected: "a file path" },
+  tlsCert: { type: "text", pattern: /\S/, expected: "a file path" },
+  tlsKey: { type: "text", pattern: /\S/, expected: "a file path" },
+  maxRequestsInFlight: { type: "int", min: 1, max: 1_000_000 },
+  maxInboundConnections: { type: "int", min: 1, max: 1_000_000 },
+  maxHelloFrameBytes: { type: "int", min: 1024, max: 2 ** 32 - 1 },
+  maxFrameBytes: { type: "int", min: 1024, max: 2 ** 32 - 1 },
   config: { type: "text", pattern: /\S/, expected: "a file path" }
 }
 
@@ -524,6 +559,13 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     errors.push(`${origins.get("clusterPort")!.label} must differ from the client port (${port}); got ${clusterPort}`)
   }
 
+  if ((values.tlsCert === undefined) !== (values.tlsKey === undefined) && (origins.has("tlsCert") || origins.has("tlsKey"))) {
+    errors.push(values.tlsCert === undefined ? "--tls-key needs --tls-cert (the certificate it belongs to)" : "--tls-cert needs --tls-key (its private key)")
+  }
+  const maxFrame = (values.maxFrameBytes as number | undefined) ?? DEFAULTS.maxFrameBytes
+  const maxHello = (values.maxHelloFrameBytes as number | undefined) ?? DEFAULTS.maxHelloFrameBytes
+  if (maxHello > maxFrame) errors.push(`--max-hello-frame-bytes (${maxHello}) must be at most --max-frame-bytes (${maxFrame})`)
+
   const nValue = (values.n as number | undefined) ?? DEFAULTS.n
   if (errors.length > 0) return Result.fail(errors)
 
@@ -549,6 +591,14 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     enableFaultInjection: (values.enableFaultInjection as boolean | undefined) ?? DEFAULTS.enableFaultInjection,
     config: path,
     clusterSecretFile: values.clusterSecretFile as string | undefined,
+    adminTokenFile: values.adminTokenFile as string | undefined,
+    clientTokenFile: values.clientTokenFile as string | undefined,
+    tlsCert: values.tlsCert as string | undefined,
+    tlsKey: values.tlsKey as string | undefined,
+    maxRequestsInFlight: (values.maxRequestsInFlight as number | undefined) ?? DEFAULTS.maxRequestsInFlight,
+    maxInboundConnections: (values.maxInboundConnections as number | undefined) ?? DEFAULTS.maxInboundConnections,
+    maxHelloFrameBytes: maxHello,
+    maxFrameBytes: maxFrame,
     compaction: compaction as unknown as CompactionSettings
   })
 }

@@ -25,6 +25,8 @@ export interface MembershipConfig {
   readonly dataDir: string
   /** Client addresses of members to join through; empty: found a new cluster. */
   readonly seeds: ReadonlyArray<{ readonly host: string; readonly port: number }>
+  /** How seeds' client APIs are asked: "https" when the cluster's nodes serve HTTPS (--tls-cert). */
+  readonly seedScheme?: "http" | "https"
   /** Seeds given by their internode address, skipping the client API (simulated clusters). */
   readonly seedPeers?: ReadonlyArray<Peer>
   readonly files: FilesApi
@@ -185,7 +187,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
       name: `${seed.host}:${seed.port}`,
       peer: Effect.tryPromise({
         try: async (signal) => {
-          const res = await fetch(`http://${seed.host}:${seed.port}/health`, { signal })
+          const res = await fetch(`${config.seedScheme ?? "http"}://${seed.host}:${seed.port}/health`, { signal })
           return (await res.json()) as { node?: string; cluster?: { host?: string; port?: number } }
         },
         catch: (e) => e

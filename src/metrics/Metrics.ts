@@ -15,6 +15,8 @@ export interface Metrics {
   /** Records the object a write left behind. */
   object(siblings: number, bytes: number): void
   siblingWarning(): void
+  /** Records one refusal by a bound (issue 11): `limit` names it, e.g. `http_in_flight`. */
+  limitHit(limit: string): void
 }
 
 /** What the cluster looks like from here, read at each scrape. */
@@ -31,6 +33,8 @@ export interface ClusterFigures {
   readonly members: ReadonlyArray<string>
   /** Anti-entropy per partition this node is a primary of (AntiEntropy.status), and whether reaping waits. */
   readonly aae?: ReadonlyArray<PartitionFigures>
+  /** Refusals counted elsewhere (the transport's bounds), by limit name, since the node started. */
+  readonly limits?: Readonly<Record<string, number>>
 }
 
 /** One partition's anti-entropy figures; counts are totals since the node started. */
@@ -173,6 +177,19 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
       }
     })
   }
+  const hits = new Map<string, number>()
+  new client.Counter({
+    name: "tally_limit_hits_total",
+    help: "Requests, connections or frames refused by a bound (--max-requests-in-flight, --max-inbound-connections, frame sizes, read repairs), by limit",
+    labelNames: ["limit"],
+    registers: [registry],
+    collect() {
+      this.reset()
+      const all = new Map(hits)
+      for (const [k, v] of Object.entries(cluster?.().limits ?? {})) all.set(k, (all.get(k) ?? 0) + v)
+      for (const [limit, n] of all) this.inc({ limit }, n)
+    }
+  })
   const children = new Map<string, { count: client.Counter.Internal; time: client.Histogram.Internal<"op" | "status"> }>()
   return {
     registry,
@@ -192,6 +209,7 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
       siblings.observe(n)
       sizes.observe(bytes)
     },
-    siblingWarning: () => warnings.inc()
+    siblingWarning: () => warnings.inc(),
+    limitHit: (limit) => void hits.set(limit, (hits.get(limit) ?? 0) + 1)
   }
 }

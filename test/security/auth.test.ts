@@ -1,0 +1,117 @@
+/**
+ * Who may use the client API (issue 11): /admin/* with --admin-token-file needs the bearer
+ * token and without it answers loopback clients only; /kv with --client-token-file needs its
+ * token; /ping, /health, /metrics stay open; a refusal is 401 unauthorized with the
+ * registry's body; a token file is re-read when it changes; a bad token file stops the node.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import t from "tap"
+import { isLoopbackAddress, parseTokens, routeClass, tokenMatches } from "../../src/api/Auth.ts"
+import * as crypto from "node:crypto"
+import { testNode } from "../api/helpers.ts"
+
+const ADMIN = "admin-token-0123456789abcdef"
+const CLIENT = "client-token-0123456789abcdef"
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tally-auth-"))
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+const file = (name: string, text: string) => {
+  const p = path.join(dir, name)
+  fs.writeFileSync(p, text)
+  return p
+}
+
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` })
+const REMOTE = "203.0.113.7"
+
+t.test("without token files: /admin/* answers loopback only, /kv and the probes answer anyone", async (t) => {
+  const node = await testNode()
+  t.teardown(() => node.close())
+  const local = await node.app.inject({ method: "GET", url: "/admin/cluster", remoteAddress: "127.0.0.1" })
+  t.equal(local.statusCode, 200, "loopback client may use admin routes")
+  for (const url of ["/admin/cluster", "/admin/transfers", "/admin/aae"]) {
+    const r = await node.app.inject({ method: "GET", url, remoteAddress: REMOTE })
+    t.equal(r.statusCode, 401, `${url} from a remote client`)
+    t.equal(r.json().error, "unauthorized")
+    t.match(r.json().message, /loopback/)
+  }
+  const compact = await node.app.inject({ method: "POST", url: "/admin/compact", remoteAddress: "::ffff:198.51.100.1" })
+  t.equal(compact.statusCode, 401, "an IPv4-mapped remote address is not loopback")
+  t.equal((await node.app.inject({ method: "POST", url: "/admin/compact", remoteAddress: "::1" })).statusCode, 202, "::1 is loopback")
+  t.equal((await node.app.inject({ method: "PUT", url: "/kv/a", payload: "x", remoteAddress: REMOTE })).statusCode, 204, "/kv needs no token without --client-token-file")
+  for (const url of ["/ping", "/health", "/metrics"]) t.equal((await node.app.inject({ method: "GET", url, remoteAddress: REMOTE })).statusCode, 200, `${url} is open`)
+})
+
+t.test("--admin-token-file: /admin/* needs the token, from anywhere", async (t) => {
+  const node = await testNode({ adminTokenFile: file("admin", `# rotation: both lines are accepted\n${ADMIN}\n${ADMIN}-next\n`) })
+  t.teardown(() => node.close())
+  for (const [what, headers] of [["no header", {}], ["a wrong token", bearer("x".repeat(30))], ["a prefix of it", bearer(ADMIN.slice(0, -1))], ["not Bearer", { authorization: `Basic ${ADMIN}` }], ["the client token", bearer(CLIENT)]] as const) {
+    const r = await node.app.inject({ method: "GET", url: "/admin/cluster", headers, remoteAddress: "127.0.0.1" })
+    t.equal(r.statusCode, 401, `${what}: 401, even from loopback`)
+    t.same(Object.keys(r.json()).sort(), ["error", "message"])
+    t.equal(r.json().error, "unauthorized")
+    t.equal(r.headers["www-authenticate"], 'Bearer realm="tally"')
+  }
+  const posted = await node.app.inject({ method: "POST", url: "/admin/remove", payload: { node: "x" }, remoteAddress: REMOTE })
+  t.equal(posted.statusCode, 401, "a mutating admin route is refused before it acts")
+  t.equal((await node.app.inject({ method: "GET", url: "/admin/cluster", headers: bearer(ADMIN), remoteAddress: REMOTE })).statusCode, 200, "the token works from a remote client")
+  t.equal((await node.app.inject({ method: "GET", url: "/admin/cluster", headers: bearer(`${ADMIN}-next`), remoteAddress: REMOTE })).statusCode, 200, "so does the second line")
+  t.equal((await node.app.inject({ method: "GET", url: "/kv/a", remoteAddress: REMOTE })).statusCode, 404, "/kv is not covered by the admin token")
+})
+
+t.test("--client-token-file: /kv and /kv/* need the token; the probes do not", async (t) => {
+  const node = await testNode({ clientTokenFile: file("client", `${CLIENT}\n`) })
+  t.teardown(() => node.close())
+  t.equal((await node.app.inject({ method: "PUT", url: "/kv/a", payload: "x" })).statusCode, 401, "PUT without a token")
+  t.equal((await node.app.inject({ method: "GET", url: "/kv/a", headers: bearer(ADMIN) })).statusCode, 401, "GET with another token")
+  t.equal((await node.app.inject({ method: "DELETE", url: "/kv/a", headers: bearer("nope-nope-nope-nope") })).statusCode, 401, "DELETE with a wrong token")
+  t.equal((await node.app.inject({ method: "GET", url: "/kv/a" })).statusCode, 401, "a read is protected too")
+  t.equal((await node.app.inject({ method: "PUT", url: "/kv/a", payload: "x", headers: bearer(CLIENT) })).statusCode, 204)
+  const got = await node.app.inject({ method: "GET", url: "/kv/a", headers: bearer(CLIENT) })
+  t.equal(got.statusCode, 200)
+  t.equal(got.body, "x")
+  for (const url of ["/ping", "/health", "/metrics"]) t.equal((await node.app.inject({ method: "GET", url })).statusCode, 200, `${url} stays open`)
+})
+
+t.test("a token file is re-read when it changes; a broken rewrite keeps the old tokens", async (t) => {
+  const p = file("rotating", `${ADMIN}\n`)
+  const node = await testNode({ adminTokenFile: p })
+  t.teardown(() => node.close())
+  const status = async (token: string) => (await node.app.inject({ method: "GET", url: "/admin/cluster", headers: bearer(token), remoteAddress: REMOTE })).statusCode
+  t.equal(await status(ADMIN), 200)
+  const NEW = "rotated-token-fedcba9876543210"
+  fs.writeFileSync(p, `${NEW}\n`)
+  const until = async (cond: () => Promise<boolean>) => {
+    for (let i = 0; i < 100 && !(await cond()); i++) await new Promise((r) => setTimeout(r, 100))
+  }
+  await until(async () => (await status(NEW)) === 200)
+  t.equal(await status(NEW), 200, "the new token is accepted")
+  t.equal(await status(ADMIN), 401, "the removed one is not")
+  fs.writeFileSync(p, "\n# emptied by mistake\n")
+  await new Promise((r) => setTimeout(r, 2500))
+  t.equal(await status(NEW), 200, "an emptied file keeps the tokens in force")
+})
+
+t.test("a missing, empty or weak token file stops the node at start, saying why", async (t) => {
+  await t.rejects(testNode({ adminTokenFile: path.join(dir, "absent") }), /cannot read token file .*absent: no such file/)
+  await t.rejects(testNode({ clientTokenFile: file("empty", "\n\n") }), /holds no token/)
+  await t.rejects(testNode({ clientTokenFile: file("weak", "secret\n") }), /at least 16/)
+})
+
+t.test("the pieces", async (t) => {
+  t.same(parseTokens("f", `  ${ADMIN}  \r\n\n# c\n${CLIENT}`), [ADMIN, CLIENT])
+  const digests = [crypto.createHash("sha256").update(ADMIN).digest()]
+  t.ok(tokenMatches(digests, ADMIN))
+  t.notOk(tokenMatches(digests, ADMIN + "x"))
+  t.notOk(tokenMatches([], ADMIN))
+  for (const a of ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"]) t.ok(isLoopbackAddress(a), a)
+  for (const a of [undefined, "0.0.0.0", "::", "10.0.0.1", "::ffff:10.0.0.1", "1127.0.0.1", "127.0.0.1.evil"]) t.notOk(isLoopbackAddress(a), String(a))
+  t.equal(routeClass("/admin/cluster?x=1"), "admin")
+  t.equal(routeClass("/kv?prefix=a"), "kv")
+  t.equal(routeClass("/kv/a%2Fb"), "kv")
+  t.equal(routeClass("/kvx"), "open")
+  t.equal(routeClass("/administrator"), "open")
+  t.equal(routeClass("/health"), "open")
+})
