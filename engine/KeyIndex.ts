@@ -1,7 +1,7 @@
 /**
  * The in-memory hash index (Bitcask's keydir): key -> where its newest record lives, with
  * the record's partition and content hash. A Map from key to a slot number, and the slots'
- * fields in parallel typed arrays, so an entry costs a Map entry plus 28 bytes instead of a
+ * fields in parallel typed arrays, so an entry costs a Map entry plus 26 bytes instead of a
  * JS object per key (docs/storage.md has the measured figure). Tombstones stay indexed: the
  * node needs their metadata. Keys per partition are counted here; listing a partition's keys
  * walks the whole index (a per-partition list would cost 8 more bytes per key for a walk
@@ -28,17 +28,20 @@ export interface Location {
 }
 
 const INITIAL = 1024
-const TOMB = 0x1_0000
+/** The tombstone flag, in the top bit of a slot's size: records are under 2 GiB (a segment's limit). */
+const TOMB = 0x8000_0000
+const SIZE = 0x7fff_ffff
 
 /** Key -> location, with slot reuse; per-segment live-byte accounting is left to the caller. */
 export class KeyIndex {
   private readonly map = new Map<string, number>()
   private seg = new Uint32Array(INITIAL)
   private off = new Uint32Array(INITIAL)
+  /** Record size | TOMB. */
   private len = new Uint32Array(INITIAL)
   private lsns = new Float64Array(INITIAL)
-  /** partition (low 16 bits) | TOMB. */
-  private info = new Uint32Array(INITIAL)
+  /** Partition (at most 2^16 of them). */
+  private part = new Uint16Array(INITIAL)
   private hash = new Uint32Array(INITIAL)
   private readonly perPartition = new Uint32Array(0x1_0000)
   private free: number[] = []
@@ -63,7 +66,7 @@ export class KeyIndex {
 
   private grow(): void {
     const n = this.seg.length * 2
-    const widen = <T extends Uint32Array | Float64Array>(a: T, make: (n: number) => T): T => {
+    const widen = <T extends Uint16Array | Uint32Array | Float64Array>(a: T, make: (n: number) => T): T => {
       const b = make(n)
       b.set(a)
       return b
@@ -72,7 +75,7 @@ export class KeyIndex {
     this.off = widen(this.off, (n) => new Uint32Array(n))
     this.len = widen(this.len, (n) => new Uint32Array(n))
     this.lsns = widen(this.lsns, (n) => new Float64Array(n))
-    this.info = widen(this.info, (n) => new Uint32Array(n))
+    this.part = widen(this.part, (n) => new Uint16Array(n))
     this.hash = widen(this.hash, (n) => new Uint32Array(n))
   }
 
@@ -88,24 +91,25 @@ export class KeyIndex {
   }
 
   private at(s: number): Location {
-    const info = this.info[s]!
+    const len = this.len[s]!
     return {
-      segment: this.seg[s]!, offset: this.off[s]!, size: this.len[s]!, lsn: this.lsns[s]!,
-      tombstone: (info & TOMB) !== 0, partition: info & 0xffff, hash: this.hash[s]!
+      segment: this.seg[s]!, offset: this.off[s]!, size: len & SIZE, lsn: this.lsns[s]!,
+      tombstone: len >= TOMB, partition: this.part[s]!, hash: this.hash[s]!
     }
   }
 
   private write(s: number, segment: number, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): void {
-    const was = this.info[s]! & 0xffff
+    const was = this.part[s]!
     if (was !== partition) {
       this.perPartition[was]!--
       this.perPartition[partition]!++
     }
     this.seg[s] = segment
     this.off[s] = offset
-    this.len[s] = size
+    if (size > SIZE) throw new RangeError(`record of ${size} bytes: the index holds sizes below 2 GiB`)
+    this.len[s] = tombstone ? size + TOMB : size
     this.lsns[s] = lsn
-    this.info[s] = partition | (tombstone ? TOMB : 0)
+    this.part[s] = partition
     this.hash[s] = contribution(hashHi, hashLo)
   }
 
@@ -127,9 +131,9 @@ export class KeyIndex {
     const h = this.track ? keyHash(key) : 0
     if (s === undefined) {
       s = this.newSlot(key, partition)
-      this.info[s] = partition
+      this.part[s] = partition
     } else if (this.track) {
-      this.trees.change(this.info[s]! & 0xffff, h, this.hash[s]!, -1)
+      this.trees.change(this.part[s]!, h, this.hash[s]!, -1)
     }
     if (this.track) this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
@@ -162,16 +166,16 @@ export class KeyIndex {
       this.replacedSize = 0
       this.replacedHash = 0
       s = this.newSlot(key, partition)
-      this.info[s] = partition
+      this.part[s] = partition
     } else {
       if (this.lsns[s]! >= lsn) return false
       this.replacedSegment = this.seg[s]!
-      this.replacedSize = this.len[s]!
+      this.replacedSize = this.len[s]! & SIZE
       this.replacedHash = this.hash[s]!
     }
     if (this.track) {
       const h = keyHash(key)
-      if (this.replacedSegment >= 0) this.trees.change(this.info[s]! & 0xffff, h, this.replacedHash, -1)
+      if (this.replacedSegment >= 0) this.trees.change(this.part[s]!, h, this.replacedHash, -1)
       this.trees.change(partition, h, contribution(hashHi, hashLo), 1)
     }
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
@@ -183,8 +187,8 @@ export class KeyIndex {
     const s = this.map.get(key)
     if (s === undefined) return false
     this.map.delete(key)
-    if (this.track) this.trees.change(this.info[s]! & 0xffff, keyHash(key), this.hash[s]!, -1)
-    this.perPartition[this.info[s]! & 0xffff]!--
+    if (this.track) this.trees.change(this.part[s]!, keyHash(key), this.hash[s]!, -1)
+    this.perPartition[this.part[s]!]!--
     this.free.push(s)
     return true
   }
@@ -198,7 +202,7 @@ export class KeyIndex {
   keysOf(partition: number): string[] {
     const out: string[] = []
     if (this.perPartition[partition] === 0) return out
-    for (const [key, s] of this.map) if ((this.info[s]! & 0xffff) === partition) out.push(key)
+    for (const [key, s] of this.map) if (this.part[s] === partition) out.push(key)
     return out
   }
 
@@ -210,8 +214,7 @@ export class KeyIndex {
     const out: Array<{ key: string; h: number; hash: number; tombstone: boolean }> = []
     if (this.perPartition[partition] === 0) return out
     for (const [key, s] of this.map) {
-      const info = this.info[s]!
-      if ((info & 0xffff) === partition) out.push({ key, h: keyHash(key), hash: this.hash[s]!, tombstone: (info & TOMB) !== 0 })
+      if (this.part[s] === partition) out.push({ key, h: keyHash(key), hash: this.hash[s]!, tombstone: this.len[s]! >= TOMB })
     }
     return out
   }
