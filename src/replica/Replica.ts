@@ -117,6 +117,10 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
       // a reaped key can never reuse a dot another replica still remembers.
       const local = (yield* readNow(key)) ?? { entries: [], floor: yield* engine.nextLsn }
       const updated = Dvv.prune(Dvv.update(local, context, actor, sibling), config.maxVectorEntries)
+      // Only a context or object built to overflow gets here; refused, so encoding never throws.
+      if (Dvv.exhausted(updated)) {
+        return yield* apiError("bad_request", `key ${JSON.stringify(key)}: this write would take a version counter past ${Dvv.MAX_COUNTER}; its X-Context claims more writes than can exist`)
+      }
       const n = Dvv.size(updated)
       if (n > config.siblingMax) {
         return yield* apiError("too_many_siblings", `key ${JSON.stringify(key)} would have ${n} siblings (limit ${config.siblingMax}); read it and write back one value with its X-Context to resolve them`)

@@ -69,14 +69,33 @@ export const nodeOfActor = (actor: string): string => {
 }
 /** Most vector entries plus dots a decoded context may carry. */
 export const MAX_CONTEXT_ENTRIES = 1024
-/** Highest counter a decoded context may carry: far below 2^53, so counters derived from it stay exact. */
-export const MAX_CONTEXT_COUNTER = 2 ** 48
+/**
+ * Highest counter, time or floor a stored set may hold and a write may produce: far enough
+ * below 2^53 that the arithmetic on it stays exact and encoding never meets an unsafe integer.
+ * A peer's object beyond it does not decode (the message is refused); a write that would go
+ * beyond it is refused with 400 (Replica.coordinate), so nothing a client or peer sends
+ * makes encoding throw.
+ */
+export const MAX_COUNTER = 2 ** 52
+/**
+ * Highest counter a decoded context may carry: the same bound as a stored set's, so every
+ * context a node hands out (a set's counters, or one past them, never past MAX_COUNTER)
+ * decodes again. A lower bound here would wedge a key whose counters passed it.
+ */
+export const MAX_CONTEXT_COUNTER = MAX_COUNTER
+/**
+ * How far past a set's own counter for an id a write's context may raise it (`discard`). A
+ * context may honestly be ahead of the coordinator's replica (it read others that saw more
+ * writes), never by 2^32 writes of one key: a hostile context claiming more is clamped, so
+ * reaching MAX_COUNTER would take a million deliberate writes to one key, not one.
+ */
+export const MAX_CONTEXT_LEAD = 2 ** 32
 /** Default bound of `prune`. */
 export const DEFAULT_MAX_ENTRIES = 32
 
 const CONTEXT_FORMAT = 1
 const SET_FORMAT = 1
-const MAX_CONTEXT_CHARS = Math.ceil(((5 + MAX_CONTEXT_ENTRIES * (1 + MAX_ID_BYTES + 7)) * 4) / 3)
+const MAX_CONTEXT_CHARS = Math.ceil(((5 + MAX_CONTEXT_ENTRIES * (1 + MAX_ID_BYTES + 8)) * 4) / 3)
 const BASE64URL = /^[A-Za-z0-9_-]+$/
 
 const byId = (x: { readonly id: string }, y: { readonly id: string }): number =>
@@ -178,7 +197,10 @@ const newestOnly = <V>(set: DvvSet<V>): DvvSet<V> => {
 export const discard = <V>(set: DvvSet<V>, context: Context | VersionVector): DvvSet<V> => {
   const c = asContext(context)
   const counters = new Map(set.entries.map((e) => [e.id, e.counter]))
-  for (const [id, n] of c.vector) if (n > 0) counters.set(id, Math.max(counters.get(id) ?? 0, n))
+  for (const [id, n] of c.vector) {
+    const own = counters.get(id) ?? 0
+    if (n > 0) counters.set(id, Math.max(own, Math.min(n, own + MAX_CONTEXT_LEAD)))
+  }
   for (const d of [...c.dots].sort(byDot)) if (d.counter === (counters.get(d.id) ?? 0) + 1) counters.set(d.id, d.counter)
   const old = new Map(set.entries.map((e) => [e.id, e]))
   const entries = [...counters].map(([id, counter]): Entry<V> => {
@@ -199,10 +221,15 @@ export const update = <V>(set: DvvSet<V>, context: Context | VersionVector, writ
   const base = discard(set, unsafeTesting.lastWriteWins ? join(set) : context)
   const own = base.entries.find((e) => e.id === writerId)
   const counter = Math.max(own?.counter ?? 0, base.floor) + 1
-  const time = base.entries.reduce((t, e) => Math.max(t, e.time), 0) + 1
+  // Logical time only orders writes (prune's victims); it stops at MAX_COUNTER rather than fail.
+  const time = Math.min(base.entries.reduce((t, e) => Math.max(t, e.time), 0) + 1, MAX_COUNTER)
   const entry: Entry<V> = { id: writerId, counter, time, versions: [{ counter, value }, ...(own?.versions ?? [])] }
   return { entries: [...base.entries.filter((e) => e.id !== writerId), entry].sort(byId), floor: base.floor }
 }
+
+/** Whether a counter or the floor of `set` is past MAX_COUNTER (a write that made it is refused). */
+export const exhausted = <V>(set: DvvSet<V>): boolean =>
+  set.floor > MAX_COUNTER || set.entries.some((e) => e.counter > MAX_COUNTER)
 
 /**
  * The context of the value `update` just wrote, for its writer (a PUT's X-Context): the writer's
@@ -404,20 +431,21 @@ export const encodeSet = <V>(set: DvvSet<V>, encodeValue: (value: V) => Uint8Arr
 
 /**
  * Reads a stored set; undefined if the bytes are not exactly what `encodeSet` writes for a set
- * that keeps the invariants, or if `decodeValue` throws. `decodeValue` gets a copy. Never throws.
+ * that keeps the invariants, with no counter, time or floor past MAX_COUNTER, or if `decodeValue` throws. `decodeValue` gets a copy. Never throws.
  */
 export const decodeSet = <V>(bytes: Uint8Array, decodeValue: (bytes: Uint8Array) => V): DvvSet<V> | undefined => {
   try {
     const r = new Reader(bytes)
     if (r.byte() !== SET_FORMAT) return undefined
     const floor = r.varint()
+    if (floor > MAX_COUNTER) return undefined
     const entries: Entry<V>[] = []
     for (let i = 0, n = r.varint(); i < n; i++) {
       const id = r.id()
       const counter = r.varint()
       const time = r.varint()
       const prev = entries.at(-1)
-      if (counter < 1 || (prev !== undefined && prev.id >= id)) return undefined
+      if (counter < 1 || counter > MAX_COUNTER || time > MAX_COUNTER || (prev !== undefined && prev.id >= id)) return undefined
       const versions: Version<V>[] = []
       for (let j = 0, k = r.varint(); j < k; j++) {
         const c = r.varint()
