@@ -13,4 +13,20 @@ if (!(major >= NEEDED)) {
   )
   process.exit(1)
 }
+
+// Run through npm (`npx tally`, `npm start`), a shell sits between npm and this process, and
+// npm's SIGTERM stops the shell, not us: we would live on under PID 1 with the port and the
+// data directory. So under npm, a parent that goes away is a SIGTERM, and the command stops
+// as it does on one (a node closes cleanly). Outside npm, a parent's exit changes nothing:
+// `tally node &` from a shell that then exits keeps running, as a daemon should.
+if (process.env.npm_command !== undefined && process.platform !== "win32") {
+  const parent = process.ppid
+  const watch = setInterval(() => {
+    if (process.ppid === parent) return
+    clearInterval(watch)
+    process.kill(process.pid, "SIGTERM")
+  }, 500)
+  watch.unref()
+}
+
 await import("../src/cli/main.ts")

@@ -5,7 +5,7 @@
  * commands against that real node: TALLY_URL, --json, exit codes, delete reading the
  * context first, a URL with a path refused, and 405 for a known path with another method.
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as path from "node:path"
@@ -45,6 +45,78 @@ t.test("SIGTERM to the pid bin/tally started stops the node, frees its port and 
   t.equal(await (await fetch(`${again.url}/kv/k`)).text(), "kept", "the data directory opens again, with the write")
   process.kill(again.child.pid!, "SIGTERM")
   t.same(await again.closed, { code: 0, signal: null })
+})
+
+/** Polls until nothing listens on `port`, for at most `ms`. */
+const freed = async (port: number, ms = 15_000) => {
+  const deadline = Date.now() + ms
+  while (await listening(port)) {
+    if (Date.now() > deadline) return false
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return true
+}
+
+const onPath = (name: string) => (process.env.PATH ?? "").split(path.delimiter).some((d) => fs.existsSync(path.join(d, name)))
+
+t.test("SIGTERM to npx tally node stops the node behind npm's shell, and frees its port and data directory", { skip: onPath("npx") ? false : "no npx on PATH" }, async (t) => {
+  const data = path.join(t.testdir(), "d")
+  const ports = await nodePorts()
+  const env = { ...process.env }
+  for (const k of Object.keys(env)) if (k.startsWith("TALLY_") || k.startsWith("npm_")) delete env[k]
+  const args = ["tally", "node", "--id", "viaNpx", "--port", String(ports.port), "--cluster-port", String(ports.clusterPort), "--data", data, "--n", "1", "--r", "1", "--w", "1"]
+  const npx = spawn("npx", args, { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] })
+  t.teardown(() => {
+    if (npx.exitCode === null && npx.signalCode === null) npx.kill("SIGKILL")
+  })
+  let out = ""
+  let err = ""
+  npx.stdout!.on("data", (d: Buffer) => (out += d))
+  npx.stderr!.on("data", (d: Buffer) => (err += d))
+  const deadline = Date.now() + 90_000
+  while (!out.includes("ready ")) {
+    if (Date.now() > deadline || npx.exitCode !== null) throw new Error(`npx tally node not ready: ${out} ${err}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  process.kill(npx.pid!, "SIGTERM")
+  t.ok(await freed(ports.port), "the client port is free: the node did not outlive npm")
+  t.ok(await freed(ports.clusterPort), "the internode port is free")
+  await new Promise((r) => setTimeout(r, 500))
+  t.match(err, "SIGTERM: stopping node viaNpx", "it stopped as on a SIGTERM, cleanly")
+  const again = await startNode(t, { id: "viaNpx", data, args: ["--n", "1", "--r", "1", "--w", "1"], command: [launcher], ports })
+  t.ok(again.stdout.startsWith("ready viaNpx"), "the data directory opens again")
+  process.kill(again.child.pid!, "SIGTERM")
+  await again.closed
+})
+
+t.test("outside npm, a node outlives the shell that started it, as a daemon does", async (t) => {
+  const data = path.join(t.testdir(), "d")
+  const ports = await nodePorts()
+  const env = { ...process.env }
+  for (const k of Object.keys(env)) if (k.startsWith("TALLY_") || k.startsWith("npm_")) delete env[k]
+  const script = `"${launcher}" node --id daemon --port ${ports.port} --cluster-port ${ports.clusterPort} --data "${data}" --n 1 --r 1 --w 1 >/dev/null 2>&1 & echo $!; wait`
+  const sh = spawn("sh", ["-c", script], { cwd: root, env, stdio: ["ignore", "pipe", "ignore"] })
+  let out = ""
+  sh.stdout!.on("data", (d: Buffer) => (out += d))
+  while (!/\d+\n/.test(out)) await new Promise((r) => setTimeout(r, 50))
+  const pid = Number(out.trim())
+  t.teardown(() => {
+    try {
+      process.kill(pid, "SIGKILL")
+    } catch {
+      // gone
+    }
+  })
+  const deadline = Date.now() + 90_000
+  while (!(await listening(ports.port))) {
+    if (Date.now() > deadline) throw new Error("the node did not start")
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  sh.kill("SIGKILL")
+  await new Promise((r) => setTimeout(r, 2_000))
+  t.ok(await listening(ports.port), "still serving after its shell died")
+  process.kill(pid, "SIGTERM")
+  t.ok(await freed(ports.port), "and SIGTERM to its pid stops it")
 })
 
 /** A Node older than 24 on PATH (the machine's own, outside node_modules), if there is one. */
