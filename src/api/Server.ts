@@ -17,6 +17,7 @@ import { registerAdmission } from "./Admission.ts"
 import { registerAuth, type AuthConfig } from "./Auth.ts"
 import type { HttpsFiles } from "./Https.ts"
 import { parseContentType, parseContext, parseKey, parseQuorum, QUERY_SCHEMA, type KvQuery, type RequestDefaults } from "./Request.ts"
+import { registerOpenApi } from "./OpenApi.ts"
 
 /** What the API needs from the node. */
 export interface ApiDeps {
@@ -109,6 +110,8 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
       sendError(reply, apiError("bad_request", `malformed request: ${err.message}; keys are UTF-8, URL-encoded in the path`)),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } }
   })
+  // Before any route: it documents (and attaches the schemas of) every route declared after it.
+  registerOpenApi(app)
 
   // Who may connect, before anything else reads the request: the in-flight bound, then tokens.
   const maxInFlight = deps.maxRequestsInFlight ?? DEFAULTS.maxRequestsInFlight
