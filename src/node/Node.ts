@@ -111,7 +111,12 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const https = settings.tlsCert !== undefined && settings.tlsKey !== undefined ? readHttpsFiles(settings.tlsCert, settings.tlsKey) : undefined
   const transport = options.network !== undefined
     ? Transport.layerMemory(options.network, { nodeId: settings.id, cluster })
-    : Transport.layer({ nodeId: settings.id, host: settings.host, port: settings.clusterPort, cluster, tls })
+    : Transport.layer({
+      nodeId: settings.id, host: settings.host, port: settings.clusterPort, cluster, tls,
+      ...(settings.maxFrameBytes === undefined ? {} : { maxFrameBytes: settings.maxFrameBytes }),
+      ...(settings.maxHelloFrameBytes === undefined ? {} : { maxHelloFrameBytes: settings.maxHelloFrameBytes }),
+      ...(settings.maxInboundConnections === undefined ? {} : { maxInboundConnections: settings.maxInboundConnections })
+    })
   const membership = Membership.layer({
     self: { id: settings.id, host: settings.host, port: settings.port, clusterPort: settings.clusterPort },
     n: settings.n,
@@ -208,7 +213,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       phi: membershipService.phis(),
       transfers: { running: local.length, stalled: local.filter((x) => x.state === "stalled").length, keys: local.reduce((n, x) => n + x.keysSent, 0) },
       coordinator: coordinatorService.stats(),
-      aae: aaeService.status().map((p) => ({ ...p, reapBlocked: reapingService.cutoff(p.partition).blocked !== undefined }))
+      aae: aaeService.status().map((p) => ({ ...p, reapBlocked: reapingService.cutoff(p.partition).blocked !== undefined })),
+      limits: transportService.stats().limits ?? {}
     }
   })
   const app = buildServer({

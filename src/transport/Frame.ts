@@ -175,7 +175,8 @@ export interface Decoded {
  * copied once. Never throws: damage is returned, and every later push returns it again.
  */
 export class FrameDecoder {
-  readonly maxFrameBytes: number
+  /** The largest body accepted; a transport raises it once the peer's hello is accepted. */
+  maxFrameBytes: number
   private chunks: Uint8Array[] = []
   /** Index of the first live chunk, and the consumed bytes of it. */
   private first = 0

@@ -30,6 +30,13 @@ export interface TcpTransportConfig {
   readonly port: number
   readonly cluster: ClusterSettings
   readonly maxFrameBytes?: number
+  /**
+   * Largest frame before the peer's hello is accepted (default 64 KiB): a hello is a few dozen
+   * bytes, so a stranger cannot make a node buffer 64 MiB per connection before saying who it is.
+   */
+  readonly maxHelloFrameBytes?: number
+  /** Connections accepted from peers at once (default 512); more are closed as they arrive. */
+  readonly maxInboundConnections?: number
   /** Messages written to one peer and not yet answered, at most (default 1024). */
   readonly maxInFlight?: number
   /**
@@ -124,6 +131,11 @@ class Wire {
     })
   }
 
+  /** Accepts frames up to `n` bytes from now on (the peer's hello was accepted). */
+  raiseLimit(n: number): void {
+    this.decoder.maxFrameBytes = n
+  }
+
   /** Writes `bytes`, or queues them while the socket is over its high-water mark. `written` runs once they reach the socket. */
   write(bytes: Uint8Array, written?: () => void): void {
     if (this.closed || this.socket.destroyed) return void written?.()
@@ -167,6 +179,11 @@ class Wire {
 
 const MAX_TIMER_MS = 2 ** 31 - 1
 const SENT = new Uint8Array(0)
+/** Default of `maxHelloFrameBytes`. */
+export const DEFAULT_MAX_HELLO_FRAME_BYTES = 64 * 1024
+/** Default of `maxInboundConnections`. */
+export const DEFAULT_MAX_INBOUND = 512
+
 /** How long an accepted connection may stay silent before its hello. */
 const HELLO_TIMEOUT_MS = 10_000
 
@@ -177,6 +194,13 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
   const nodeId = config.nodeId
   const cluster: ClusterSettings = { n: config.cluster.n, partitions: config.cluster.partitions }
   const maxFrameBytes = config.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES
+  const maxHelloFrameBytes = Math.min(config.maxHelloFrameBytes ?? DEFAULT_MAX_HELLO_FRAME_BYTES, maxFrameBytes)
+  const maxInbound = config.maxInboundConnections ?? DEFAULT_MAX_INBOUND
+  /** Refusals by the bounds above, for /metrics (tally_limit_hits_total). */
+  const limits = { internode_connections: 0, internode_frame_too_large: 0, internode_hello_frame_too_large: 0 }
+  const countMalformed = (e: MalformedFrame, authenticated: boolean) => {
+    if (e.reason === "too_large") limits[authenticated ? "internode_frame_too_large" : "internode_hello_frame_too_large"]++
+  }
   const maxInFlight = config.maxInFlight ?? 1024
   const connectTimeoutMs = config.connectTimeoutMs ?? 5000
   const reconnectMinMs = config.reconnectMinMs ?? 50
@@ -300,7 +324,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       let refusal: TransportError | undefined
       const wire = new Wire(
         socket,
-        maxFrameBytes,
+        maxHelloFrameBytes,
         (frame) => {
           if (frame.k === "hello") return this.onHello(wire, frame)
           if (this.state !== "ready") {
@@ -321,7 +345,10 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
           warn(`closing connection to ${this.peer.id}: unexpected ${frame.k} frame`)
           wire.destroy()
         },
-        (error) => warn(`closing connection to ${this.peer.id}: malformed frame (${error.reason}): ${error.message}`),
+        (error) => {
+          countMalformed(error, this.state === "ready")
+          warn(`closing connection to ${this.peer.id}: malformed frame (${error.reason}): ${error.message}`)
+        },
         () => {
           clearTimeout(timer)
           if (this.wire === wire) this.wire = undefined
@@ -358,6 +385,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
         return wire.destroy()
       }
       this.state = "ready"
+      wire.raiseLimit(maxFrameBytes)
       this.failures = 0
       const ready = this.waiting
       this.waiting = []
@@ -409,9 +437,12 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
     constructor(socket: net.Socket) {
       this.wire = new Wire(
         socket,
-        maxFrameBytes,
+        maxHelloFrameBytes,
         (frame) => this.onFrame(frame),
-        (error) => warn(`closing connection from ${this.from ?? remoteAddress(socket)}: malformed frame (${error.reason}): ${error.message}`),
+        (error) => {
+          countMalformed(error, this.from !== undefined)
+          warn(`closing connection from ${this.from ?? remoteAddress(socket)}: malformed frame (${error.reason}): ${error.message}`)
+        },
         () => inbounds.delete(this),
         () => this.adjustReading()
       )
@@ -442,6 +473,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
           return
         }
         this.from = frame.from
+        this.wire.raiseLimit(maxFrameBytes)
         if (dropped.has(frame.from)) this.silenced = true
         else this.wire.write(ourHello)
         return
@@ -497,6 +529,17 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
     handshakeFailures++
     if ((handshakeFailures & (handshakeFailures - 1)) === 0) {
       warn(`closing connection from ${remoteAddress(socket)}: TLS handshake failed (${handshakeFailures} so far; another cluster secret, or no TLS): ${e.message.split("\n")[0]}`)
+    }
+  })
+
+  // Past the bound Node closes a new connection as it arrives, before any TLS or frame work.
+  server.maxConnections = maxInbound
+  let dropsLogged = 0
+  server.on("drop", () => {
+    limits.internode_connections++
+    if ((limits.internode_connections & (limits.internode_connections - 1)) === 0 && limits.internode_connections > dropsLogged) {
+      dropsLogged = limits.internode_connections
+      warn(`closed an internode connection: ${maxInbound} are open, the limit (--max-inbound-connections); ${limits.internode_connections} closed so far`)
     }
   })
 
@@ -586,7 +629,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       let pending = 0
       for (const out of outbounds.values()) if (out.connected) outbound++
       for (const o of live) if (!o.oneWay) pending++
-      return { inbound: inbounds.size, outbound, pending }
+      return { inbound: inbounds.size, outbound, pending, limits: { ...limits } }
     }
   }
   return api

@@ -39,6 +39,8 @@ export interface TransportStats {
   readonly outbound: number
   /** Requests sent or waiting to be sent, not yet answered. */
   readonly pending: number
+  /** Refusals by the transport's bounds since it started, by limit name (TCP only). */
+  readonly limits?: Readonly<Record<string, number>>
 }
 
 /** What both layers provide. */
