@@ -6,7 +6,7 @@
  */
 import { Effect, Option } from "effect"
 import type { Engine } from "../../engine/Engine.ts"
-import { BRANCHES, branchOf, childOf, children, childWidthBits, type KeyHash, type Subtree } from "../../engine/TictacTree.ts"
+import { BRANCHES, branchOf, childOf, children, childWidthBits, keyHash, type KeyHash, type Subtree } from "../../engine/TictacTree.ts"
 import type { Replica } from "../replica/Replica.ts"
 import { allDeleted, decodeObject, objectBytes } from "../versions/Sibling.ts"
 
@@ -35,16 +35,19 @@ export type Ask = (msg: AaeMessage) => Effect.Effect<unknown, Error>
  *  - `aae-children`: per branch, `branch << 20 | min(asker's keys in it, 2^20 - 1)`; the
  *    answerer picks the width from the larger key count (`childWidthBits`) and answers
  *    per branch its current hash, the width, and the children hashes, concatenated.
- *  - `aae-keys`: per child, `branch << 14 | bits << 10 | child`; the answer lists the keys
- *    under those children with their contributions.
- *  - `aae-sync`: the asker's objects for the keys to repair (null where it has none); the
- *    answerer merges them and answers with its own objects for the same keys.
+ *  - `aae-keys`: per child, `branch << 14 | bits << 10 | child`; the answer lists, for the
+ *    keys under those children, (32-bit key hash, contribution) pairs, 8 bytes a key: the
+ *    key names travel only for the keys repaired. Keys whose hashes collide are one entry
+ *    (their contributions XORed) and are repaired together.
+ *  - `aae-sync`: the asker's objects for its keys to repair (null where it has none), and
+ *    `want`, the differing key hashes; the answerer merges the objects and answers with its
+ *    own for the keys named, then for its other keys (in the partition) with a hash in `want`.
  */
 export type AaeMessage =
   | { readonly t: "aae-branches"; readonly partition: number; readonly root: number }
   | { readonly t: "aae-children"; readonly partition: number; readonly nodes: Uint8Array }
   | { readonly t: "aae-keys"; readonly partition: number; readonly leaves: Uint8Array }
-  | { readonly t: "aae-sync"; readonly partition: number; readonly records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array | null }> }
+  | { readonly t: "aae-sync"; readonly partition: number; readonly records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array | null }>; readonly want: Uint8Array }
 
 const MAX_SYNC = 10_000
 /** A request names at most every child of every branch. */
@@ -76,7 +79,7 @@ export const isAaeMessage = (m: unknown): m is AaeMessage => {
       return true
     }
     case "aae-sync":
-      return Array.isArray(x.records) && x.records.length <= MAX_SYNC &&
+      return Array.isArray(x.records) && x.records.length <= MAX_SYNC && isU32s(x.want, MAX_SYNC) &&
         x.records.every((r: Record<string, unknown>) => typeof r?.key === "string" && (r.object === null || r.object instanceof Uint8Array))
     default:
       return false
@@ -121,15 +124,35 @@ const rootOf = (hashes: Uint32Array): number => {
   return r >>> 0
 }
 
-/** The entries under the given children (`want`: branch * 1024 + child, `bitsOf`: width per branch). */
+/**
+ * The entries under the given children (`want`: branch * 1024 + child, `bitsOf`: width per
+ * branch), by key hash: the XOR of the contributions of the keys sharing it, and the keys.
+ */
 const under = (entries: ReadonlyArray<KeyHash & { readonly h: number }>, bitsOf: ReadonlyMap<number, number>, want: ReadonlySet<number>) => {
-  const out = new Map<string, number>()
+  const out = new Map<number, { hash: number; keys: string[] }>()
   for (const e of entries) {
     const b = branchOf(e.h)
     const bits = bitsOf.get(b)
-    if (bits !== undefined && want.has(b * 1024 + childOf(e.h, bits))) out.set(e.key, e.hash)
+    if (bits === undefined || !want.has(b * 1024 + childOf(e.h, bits))) continue
+    const at = out.get(e.h)
+    if (at === undefined) out.set(e.h, { hash: e.hash, keys: [e.key] })
+    else {
+      at.hash = (at.hash ^ e.hash) >>> 0
+      at.keys.push(e.key)
+    }
   }
   return out
+}
+
+/** (key hash, contribution) pairs, packed. */
+const packPairs = (m: ReadonlyMap<number, { readonly hash: number }>): Uint8Array => {
+  const a = new Uint32Array(m.size * 2)
+  let i = 0
+  for (const [h, e] of m) {
+    a[i++] = h
+    a[i++] = e.hash
+  }
+  return bytesOf(a)
 }
 
 /** Answers an exchange message from another replica (errors become an `aae-err` reply). */
@@ -165,20 +188,32 @@ export const answer = (deps: ExchangeDeps, msg: AaeMessage): Effect.Effect<unkno
       case "aae-keys": {
         const leaves = [...u32(msg.leaves)].map(unpackLeaf)
         const mine = under(yield* engine.partitionHashes(msg.partition), new Map(leaves.map((l) => [l.branch, l.bits])), new Set(leaves.map((l) => l.branch * 1024 + l.child)))
-        return { t: "aae-keys", keys: [...mine.keys()], hashes: bytesOf(Uint32Array.from(mine.values())) }
+        return { t: "aae-keys", pairs: packPairs(mine) }
       }
       case "aae-sync": {
         const out: Array<{ key: string; object: Uint8Array | null }> = []
+        const named = new Set<string>()
+        const send = (key: string, theyLack: boolean) =>
+          Effect.gen(function*() {
+            const mine = yield* local(engine, key)
+            const bytes = mine === undefined ? null : objectBytes(mine)
+            // A tombstone past its grace is not sent to a replica that never had the key (or
+            // reaped it): that would only bring back what reaping removed.
+            out.push({ key, object: bytes !== null && theyLack && oldTombstone(deps, bytes, mine!.timestamp) ? null : bytes })
+          })
         for (const r of msg.records) {
+          named.add(r.key)
           if (r.object !== null) {
             const o = decodeObject(r.object)
             if (o !== undefined) yield* replica.merge(r.key, o)
           }
-          const mine = yield* local(engine, r.key)
-          const bytes = mine === undefined ? null : objectBytes(mine)
-          // A tombstone past its grace is not sent to a replica that never had the key (or
-          // reaped it): that would only bring back what reaping removed.
-          out.push({ key: r.key, object: bytes !== null && r.object === null && oldTombstone(deps, bytes, mine!.timestamp) ? null : bytes })
+          yield* send(r.key, r.object === null)
+        }
+        const want = new Set(u32(msg.want))
+        if (want.size > 0) {
+          for (const e of yield* engine.partitionHashes(msg.partition)) {
+            if (want.has(e.h) && !named.has(e.key) && out.length < MAX_SYNC) yield* send(e.key, true)
+          }
         }
         return { t: "aae-sync", records: out }
       }
@@ -243,39 +278,48 @@ export const exchange = (deps: ExchangeDeps, ask: Ask, partition: number): Effec
     })
     if (leaves.length === 0) return result({ roundTrips, bytes })
 
-    // 3. Key lists of the differing children.
+    // 3. (key hash, contribution) pairs under the differing children.
     const leafBytes = bytesOf(Uint32Array.from(leaves))
-    const r3 = (yield* ask({ t: "aae-keys", partition, leaves: leafBytes })) as { keys?: ReadonlyArray<unknown>; hashes?: Uint8Array }
+    const r3 = (yield* ask({ t: "aae-keys", partition, leaves: leafBytes })) as { pairs?: Uint8Array }
     roundTrips++
-    if (!Array.isArray(r3.keys) || !r3.keys.every((k) => typeof k === "string") || !(r3.hashes instanceof Uint8Array) || r3.hashes.length !== r3.keys.length * 4) {
-      return yield* lied("key list")
-    }
-    const theirKeyList = r3.keys as ReadonlyArray<string>
-    bytes += leafBytes.length + r3.hashes.length + theirKeyList.reduce((n, k) => n + Buffer.byteLength(k), 0)
-    const theirKeys = new Map<string, number>()
-    const th = u32(r3.hashes)
-    theirKeyList.forEach((k, i) => theirKeys.set(k, th[i]!))
+    if (!(r3.pairs instanceof Uint8Array) || r3.pairs.length % 8 !== 0) return yield* lied("key list")
+    bytes += leafBytes.length + r3.pairs.length
+    const theirs = new Map<number, number>()
+    const tp = u32(r3.pairs)
+    for (let i = 0; i < tp.length; i += 2) theirs.set(tp[i]!, tp[i + 1]!)
     const unpacked = leaves.map(unpackLeaf)
-    const myKeys = under(entries, new Map(unpacked.map((l) => [l.branch, l.bits])), new Set(unpacked.map((l) => l.branch * 1024 + l.child)))
-    const differing: string[] = []
-    for (const [k, h] of myKeys) if (theirKeys.get(k) !== h) differing.push(k)
-    for (const k of theirKeys.keys()) if (!myKeys.has(k)) differing.push(k)
-    const keysCompared = myKeys.size + theirKeys.size
+    const mine = under(entries, new Map(unpacked.map((l) => [l.branch, l.bits])), new Set(unpacked.map((l) => l.branch * 1024 + l.child)))
+    // Differing key hashes: mine with another contribution or none on their side, then theirs I lack.
+    const differing: number[] = []
+    for (const [h, e] of mine) if (theirs.get(h) !== e.hash) differing.push(h)
+    for (const h of theirs.keys()) if (!mine.has(h)) differing.push(h)
+    const keysCompared = mine.size + theirs.size
     if (differing.length === 0) return result({ roundTrips, bytes, keysCompared })
 
-    // 4. Repair both ways, through the merge.
+    // 4. Repair both ways, through the merge: my objects for my keys, and the hashes I lack.
     const batch = differing.slice(0, config.maxRepairs)
     const records: Array<{ key: string; object: Uint8Array | null }> = []
-    for (const key of batch) {
-      const mine = yield* local(engine, key)
-      const object = mine === undefined ? null : objectBytes(mine)
-      const theyLack = !theirKeys.has(key)
-      records.push({ key, object: object !== null && theyLack && oldTombstone(deps, object, mine!.timestamp) ? null : object })
+    const want: number[] = []
+    for (const h of batch) {
+      // Every differing hash is wanted, mine too: the other side may hold another key that
+      // shares the hash, which naming my keys alone would never fetch.
+      want.push(h)
+      const e = mine.get(h)
+      if (e === undefined) continue
+      for (const key of e.keys) {
+        const stored = yield* local(engine, key)
+        const object = stored === undefined ? null : objectBytes(stored)
+        records.push({ key, object: object !== null && !theirs.has(h) && oldTombstone(deps, object, stored!.timestamp) ? null : object })
+      }
     }
-    const r4 = (yield* ask({ t: "aae-sync", partition, records })) as { records?: ReadonlyArray<{ key?: unknown; object?: unknown }> }
-    if (!Array.isArray(r4.records) || r4.records.length !== batch.length ||
-      !r4.records.every((r, i) => r?.key === batch[i] && (r.object === null || r.object instanceof Uint8Array))) return yield* lied("repair answer")
-    bytes += records.reduce((n, r) => n + Buffer.byteLength(r.key) + (r.object?.length ?? 0), 0)
+    const wantBytes = bytesOf(Uint32Array.from(want))
+    const r4 = (yield* ask({ t: "aae-sync", partition, records, want: wantBytes })) as { records?: ReadonlyArray<{ key?: unknown; object?: unknown }> }
+    const wanted = new Set(want)
+    // The answer holds the keys asked for, in order, then only keys whose hash was wanted.
+    if (!Array.isArray(r4.records) || r4.records.length < records.length || r4.records.length > MAX_SYNC ||
+      !r4.records.every((r, i) => (r?.object === null || r?.object instanceof Uint8Array) &&
+        (i < records.length ? r.key === records[i]!.key : typeof r.key === "string" && wanted.has(keyHash(r.key))))) return yield* lied("repair answer")
+    bytes += wantBytes.length + records.reduce((n, r) => n + Buffer.byteLength(r.key) + (r.object?.length ?? 0), 0)
     for (const r of r4.records as ReadonlyArray<{ key: string; object: Uint8Array | null }>) {
       bytes += Buffer.byteLength(r.key) + (r.object?.length ?? 0)
       if (r.object === null) continue

@@ -8,6 +8,7 @@
 import { Effect, Layer, ManagedRuntime, Option } from "effect"
 import t from "tap"
 import { Engine } from "../../engine/Engine.ts"
+import { keyHash } from "../../engine/TictacTree.ts"
 import { answer, exchange, isAaeMessage, type AaeMessage, type Ask, type ExchangeDeps } from "../../src/aae/Exchange.ts"
 import { defaultReplicaConfig, Replica } from "../../src/replica/Replica.ts"
 import { partitionOf } from "../../src/ring/Ring.ts"
@@ -165,7 +166,8 @@ t.test("a peer that lies fails the exchange and changes nothing", async (t) => {
   const lies: Array<(msg: AaeMessage) => unknown> = [
     () => ({ t: "aae-branches", hashes: new Uint8Array(10) }),
     (m) => (m.t === "aae-branches" ? { t: "aae-branches", hashes: new Uint8Array(4096) } : { t: "aae-children", hashes: new Uint8Array(4), bits: new Uint8Array([11]), children: new Uint8Array(4) }),
-    (m) => (m.t === "aae-branches" ? { t: "aae-branches", hashes: new Uint8Array(4096) } : m.t === "aae-children" ? Effect.runSync(answer(b.deps, m)) : { t: "aae-keys", keys: [1, 2], hashes: new Uint8Array(8) }),
+    (m) => (m.t === "aae-branches" ? { t: "aae-branches", hashes: new Uint8Array(4096) } : m.t === "aae-children" ? Effect.runSync(answer(b.deps, m)) : { t: "aae-keys", pairs: new Uint8Array(12) }),
+    (m) => (m.t === "aae-branches" ? { t: "aae-branches", hashes: new Uint8Array(4096) } : m.t === "aae-children" ? Effect.runSync(answer(b.deps, m)) : { t: "aae-keys", keys: ["k1"], hashes: new Uint8Array(4) }),
     (m) => (m.t === "aae-sync" ? { t: "aae-sync", records: [{ key: "not-asked", object: new Uint8Array([1, 2, 3]) }] } : Effect.runSync(answer(b.deps, m)))
   ]
   for (const [i, lie] of lies.entries()) {
@@ -185,8 +187,43 @@ t.test("isAaeMessage refuses what does not fit", async (t) => {
   t.notOk(isAaeMessage({ t: "aae-children", partition: 1, nodes: new Uint8Array(4 * 1025) }), "more nodes than branches")
   t.notOk(isAaeMessage({ t: "aae-keys", partition: 1, leaves: Uint8Array.from([0xff, 0xff, 0xff, 0xff]) }), "child beyond its width")
   t.ok(isAaeMessage({ t: "aae-keys", partition: 1, leaves: new Uint8Array(4) }))
-  t.notOk(isAaeMessage({ t: "aae-sync", partition: 1, records: [{ key: 1, object: null }] }), "key not a string")
-  t.notOk(isAaeMessage({ t: "aae-sync", partition: 1, records: Array.from({ length: 10_001 }, () => ({ key: "k", object: null })) }), "too many records")
+  t.notOk(isAaeMessage({ t: "aae-sync", partition: 1, records: [{ key: 1, object: null }], want: new Uint8Array(0) }), "key not a string")
+  t.notOk(isAaeMessage({ t: "aae-sync", partition: 1, records: Array.from({ length: 10_001 }, () => ({ key: "k", object: null })), want: new Uint8Array(0) }), "too many records")
+  t.ok(isAaeMessage({ t: "aae-sync", partition: 1, records: [{ key: "k", object: null }], want: new Uint8Array(8) }))
+  t.notOk(isAaeMessage({ t: "aae-sync", partition: 1, records: [] }), "no wanted hashes")
+  t.notOk(isAaeMessage({ t: "aae-sync", partition: 1, records: [], want: new Uint8Array(3) }), "wanted hashes not whole u32s")
   t.notOk(isAaeMessage({ t: "aae-nope", partition: 1 }))
   t.notOk(isAaeMessage(null))
+})
+
+t.test("two keys sharing a 32-bit key hash, one on each side, both end up on both sides", async (t) => {
+  // Found by search: the same key hash (997477220) and the same partition (3) at Q = 4.
+  const [x, y] = ["c693595", "c1170853"]
+  t.equal(keyHash(x), keyHash(y))
+  t.equal(partitionOf(x, Q), partitionOf(y, Q))
+  const a = await side("a")
+  const b = await side("b")
+  t.teardown(() => Promise.all([a.rt.dispose(), b.rt.dispose()]))
+  await a.write(x, "on a")
+  await b.write(y, "on b")
+  await syncAll(a, b)
+  t.same([await a.values(x), await a.values(y)], [["on a"], ["on b"]], "a holds both")
+  t.same([await b.values(x), await b.values(y)], [["on a"], ["on b"]], "b holds both")
+  t.ok(await sameTrees(a, b), "and the trees agree")
+})
+
+t.test("the key list travels as 8-byte (key hash, contribution) pairs: no key names before the repair", async (t) => {
+  const a = await side("a")
+  const b = await side("b")
+  t.teardown(() => Promise.all([a.rt.dispose(), b.rt.dispose()]))
+  const key = "a-key-with-a-rather-long-name-that-would-show-in-the-bytes"
+  await b.write(key, "v")
+  const log: AaeMessage[] = []
+  const replies: unknown[] = []
+  const ask: Ask = (m) => Effect.tap(askOf(b, log)(m), (r) => Effect.sync(() => replies.push(r)))
+  await a.run(exchange(a.deps, ask, partitionOf(key, Q)))
+  const keys = replies[log.findIndex((m) => m.t === "aae-keys")] as { pairs: Uint8Array }
+  t.equal(keys.pairs.length, 8, "one key: one pair")
+  t.notOk(Buffer.from(keys.pairs).includes(Buffer.from("a-key")), "no key name in it")
+  t.same(await a.values(key), ["v"], "and the key was repaired by its hash")
 })
