@@ -73,6 +73,8 @@ export interface SimResult {
   readonly log: string[]
   /** The command that replays this run. */
   readonly replay: string
+  /** Wall ms spent starting the cluster, in the workload, healing and converging, checking (not in the log: not deterministic). */
+  readonly phasesMs: { readonly start: number; readonly workload: number; readonly converge: number; readonly check: number }
 }
 
 /** The command line that replays a run with these options. */
@@ -84,6 +86,11 @@ export const replayCommand = (o: SimOptions): string =>
 type View = { nodes: Array<{ id: string; status: string; parked: number }>; owners: string[]; settled: boolean; ringVersion: number; partitions: number }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
+
+const phases = (start: number, marks: ReadonlyArray<number>, end: number) => {
+  const at = (i: number) => marks[i] ?? end
+  return { start: at(0) - start, workload: at(1) - at(0), converge: at(2) - at(1), check: end - at(2) }
+}
 
 /** Runs one seed. Never throws for a failure of Tally's: that is in `problems`. */
 export const runSim = async (o: SimOptions): Promise<SimResult> => {
@@ -118,6 +125,8 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
   let converged = false
   let convergenceMs = 0
   let verdict: SetVerdict | undefined
+  const marks: number[] = []
+  const mark = () => marks.push(wallNow())
 
   const saved = { lww: Dvv.unsafeTesting.lastWriteWins, kv679: Replica.unsafeTesting.reuseEpoch }
   Dvv.unsafeTesting.lastWriteWins = o.lww === true
@@ -218,6 +227,7 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
         return
       }
       log("cluster up")
+      mark()
       // Clock skew from the start: each node's wall clock up to 2 s off.
       if (enabled.includes("skew")) for (const n of sims) n.skewMs = Math.floor((nm() - 0.5) * 4000)
 
@@ -267,7 +277,8 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
       const pending: Array<Promise<void>> = []
       const busy = new Set<SimNode>()
       let destructive = false
-      const hold = () => 200 + Math.floor(nm() * 2500)
+      // Log-uniform in 200 ms .. 10 s: short blips and faults long enough for the failure detector.
+      const hold = () => Math.floor(200 * Math.pow(50, nm()))
       const background = (what: string, f: () => Promise<void>) => {
         pending.push(f().then(() => log(what), (e: unknown) => log(`${what} failed: ${String(e).slice(0, 200)}`)))
       }
@@ -281,9 +292,14 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
        * and losing both before anti-entropy copies it again is a loss no store can avoid.
        */
       let convergedSinceDestructive = true
+      let lastCheck = -Infinity
       const safeForDestructive = async () => {
         if (destructive || members().length < 3) return false
-        if (!convergedSinceDestructive) convergedSinceDestructive = await convergedNow()
+        // A convergence check reads every key on every primary: at most one each 2 s.
+        if (!convergedSinceDestructive && Date.now() - lastCheck >= 2000) {
+          lastCheck = Date.now()
+          convergedSinceDestructive = await convergedNow()
+        }
         return convergedSinceDestructive
       }
       const groups = () => {
@@ -475,6 +491,7 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
       }
       await Promise.all([...clients, nemesis()])
       log(`workload done: ${attempted} ops`)
+      mark()
 
       // ---- heal
       await Promise.all(pending)
@@ -500,6 +517,7 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
       converged = await until("convergence", convergedNow, 300_000, 500)
       convergenceMs = Date.now() - healedAt
       log(converged ? `converged after ${convergenceMs} ms` : "did not converge")
+      mark()
       if (!converged) problems.push(`replicas did not converge within 300 s of healing: ${(await divergence())?.slice(0, 500)}`)
 
       // ---- final reads and versions
@@ -529,8 +547,13 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
       if (verdict.lost.length > 0) problems.push(`${verdict.lost.length} acknowledged writes lost, e.g. ${JSON.stringify(verdict.lost.slice(0, 5))}`)
       if (verdict.unexpected.length + verdict.unexpectedReads.length > 0) problems.push(`values never written were read: ${JSON.stringify([...verdict.unexpected, ...verdict.unexpectedReads].slice(0, 5))}`)
       if (verdict.resurrected.length > 0) problems.push(`deleted versions came back: ${JSON.stringify(verdict.resurrected.slice(0, 5))}`)
-      // Stop what still runs (a dead process's teardown may never finish: not awaited).
-      await Promise.race([Promise.all(sims.filter((n) => n.state === "up").map((n) => n.stop().catch(() => undefined))), sleep(30_000)])
+      // Stop everything: a fiber left running would run on into the next run in this process.
+      let stopped = false
+      await Promise.race([
+        Promise.all([...sims.filter((n) => n.state === "up").map((n) => n.stop().catch(() => undefined)), ...sims.flatMap((n) => n.teardowns)]).then(() => (stopped = true)),
+        sleep(60_000)
+      ])
+      if (!stopped) problems.push("a node did not shut down within 60 s of being stopped or killed")
     })
   } catch (e) {
     problems.push(e instanceof Stalled ? e.message : `the run threw: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`)
@@ -560,6 +583,7 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
     tasks: stats.tasks,
     ...(verdict === undefined ? {} : { verdict }),
     log: tail,
-    replay: replayCommand(o)
+    replay: replayCommand(o),
+    phasesMs: phases(wall0, marks, wallNow())
   }
 }

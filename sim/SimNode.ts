@@ -35,12 +35,16 @@ const quiet = () => new Writable({ write: (_c, _e, cb) => cb() })
 
 /**
  * The files one process sees: the disk's, until the process dies. A dead process changes
- * nothing: its calls throw (sync) or never complete (async), so a node being torn down after
- * a crash cannot write past the crash.
+ * nothing: its calls fail with EIO, and so do its operations in flight (which on the disk
+ * never complete), so the torn-down node's layers all close: none of its fibers lives on
+ * into the rest of the run or into the next run in this process.
  */
 const processView = (disk: MemoryFiles): { readonly files: FilesApi; readonly kill: () => void } => {
   let alive = true
   const dead = () => Object.assign(new Error("EIO: the process is dead"), { code: "EIO" })
+  let die: (e: Error) => void = () => {}
+  const died = new Promise<never>((_, reject) => (die = reject))
+  died.catch(() => undefined)
   const files = new Proxy(disk, {
     get(target, key, receiver) {
       const v = Reflect.get(target, key, receiver) as unknown
@@ -49,14 +53,21 @@ const processView = (disk: MemoryFiles): { readonly files: FilesApi; readonly ki
       const async = typeof key === "string" && (key.endsWith("Async") || key === "datasync")
       return (...args: unknown[]) => {
         if (!alive) {
-          if (async) return new Promise(() => {})
+          if (async) return Promise.reject(dead())
           throw dead()
         }
-        return f.apply(target, args)
+        const r = f.apply(target, args)
+        return async ? Promise.race([r as Promise<unknown>, died]) : r
       }
     }
   })
-  return { files, kill: () => void (alive = false) }
+  return {
+    files,
+    kill: () => {
+      alive = false
+      die(dead())
+    }
+  }
 }
 
 /** A wall clock `skew` ms off the virtual one; sleeps on the shared virtual timers. */
@@ -86,6 +97,8 @@ export class SimNode {
   node: AssembledNode | undefined
   /** Times this node's process started. */
   starts = 0
+  /** Teardowns of killed processes still under way (a run waits for them before it ends). */
+  readonly teardowns: Array<Promise<void>> = []
   private view: { readonly files: FilesApi; readonly kill: () => void } | undefined
   private readonly network: MemoryNetwork
   private readonly config: SimNodeConfig
@@ -152,7 +165,7 @@ export class SimNode {
     this.node = undefined
     this.state = "down"
     // The dead process's fibers and timers are stopped; its files no longer answer.
-    if (node !== undefined) void node.close().catch(() => undefined)
+    if (node !== undefined) this.teardowns.push(node.close().catch(() => undefined))
   }
 
   /** Power loss: the process dies and the disk keeps only what was synced (seeded choice of pages). */

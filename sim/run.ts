@@ -71,6 +71,7 @@ const seeds = seed !== undefined ? [seed] : Array.from({ length: count }, (_, i)
 const totals = { seeds: 0, failed: 0, attempted: 0, acked: 0, lost: 0, unexpected: 0, resurrected: 0, virtualMs: 0, faults: {} as Record<string, number> }
 const failedSeeds: number[] = []
 const t0 = wallNow()
+const cpu0 = process.cpuUsage()
 let interrupted = false
 process.on("SIGINT", () => (interrupted = true))
 for (const s of seeds) {
@@ -95,5 +96,19 @@ for (const s of seeds) {
   }
 }
 const wallMs = wallNow() - t0
-process.stdout.write(`${JSON.stringify({ ...totals, failedSeeds: failedSeeds.slice(0, 100), wallMs: Math.round(wallMs), seedsPerSecond: Number((totals.seeds / (wallMs / 1000)).toFixed(3)), virtualPerWall: Number((totals.virtualMs / wallMs).toFixed(1)) })}\n`)
+// CPU time is what a seed costs one core, whatever else the machine runs.
+const cpu = process.cpuUsage(cpu0)
+const cpuMs = (cpu.user + cpu.system) / 1000
+process.stdout.write(`${JSON.stringify({
+  ...totals,
+  virtualMs: Math.round(totals.virtualMs),
+  failedSeeds: failedSeeds.slice(0, 100),
+  wallMs: Math.round(wallMs),
+  cpuMs: Math.round(cpuMs),
+  seedsPerSecond: Number((totals.seeds / (wallMs / 1000)).toFixed(3)),
+  seedsPerCpuSecond: Number((totals.seeds / (cpuMs / 1000)).toFixed(3)),
+  virtualPerWall: Number((totals.virtualMs / wallMs).toFixed(1)),
+  virtualPerCpu: Number((totals.virtualMs / cpuMs).toFixed(1)),
+  rssMiB: Math.round(process.memoryUsage().rss / 2 ** 20)
+})}\n`)
 process.exit(totals.failed > 0 ? 1 : 0)
