@@ -17,6 +17,7 @@ import { registerAdmission } from "./Admission.ts"
 import { registerAuth, type AuthConfig } from "./Auth.ts"
 import type { HttpsFiles } from "./Https.ts"
 import { parseContentType, parseContext, parseKey, parseQuorum, QUERY_SCHEMA, type KvQuery, type RequestDefaults } from "./Request.ts"
+import { type KeysDeps, registerKeys } from "./Keys.ts"
 import { registerOpenApi } from "./OpenApi.ts"
 
 /** What the API needs from the node. */
@@ -48,6 +49,8 @@ export interface ApiDeps {
   readonly faults?: { readonly set: (drop: ReadonlyArray<string>) => void; readonly get: () => ReadonlyArray<string> }
   /** The node's logger (pino), shared with the Effect runtime. */
   readonly logger: Logger
+  /** Key listing (GET /kv); absent: the route is not served. */
+  readonly keys?: KeysDeps
   /** Token files of /admin/* and /kv (Auth.ts); absent: admin from loopback only, kv open. */
   readonly auth?: AuthConfig
   /** Certificate and key: the API serves HTTPS. */
@@ -264,6 +267,8 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
 
   app.put<{ Params: { key: string }; Querystring: KvQuery }>("/kv/:key", { ...kv, config: { op: "put" } }, (req, reply) => write(req, reply, false))
   app.delete<{ Params: { key: string }; Querystring: KvQuery }>("/kv/:key", { ...kv, config: { op: "delete" } }, (req, reply) => write(req, reply, true))
+
+  if (deps.keys !== undefined) registerKeys(app, deps.keys)
 
   app.get("/ping", { config: { op: "ping" } }, async (_req, reply) => reply.type("text/plain").send("OK"))
 

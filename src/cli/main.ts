@@ -13,6 +13,7 @@ import * as Exit from "effect/Exit"
 import { CliConfig, CliError, CliOutput, Command, Flag, GlobalFlag } from "effect/cli"
 import { adminCommand } from "./AdminCommands.ts"
 import { deleteCommand, getCommand, putCommand } from "./ClientCommands.ts"
+import { keysCommand } from "./KeysCommand.ts"
 import { clusterCommand } from "./ClusterCommand.ts"
 import { EXIT_CODES_HELP, ExitCode, isCliFailure } from "./Errors.ts"
 import { DEFAULT_URL } from "./Http.ts"
@@ -54,7 +55,7 @@ const presenter: CliOutput.Presenter = {
 /** The whole command tree. */
 export const tally = Command.make("tally").pipe(
   Command.withDescription(`Tally, a Dynamo-style distributed key-value store. Commands reach the node at --url, else $TALLY_URL, else ${DEFAULT_URL} (the first node of npm start). ${EXIT_CODES_HELP}`),
-  Command.withSubcommands([nodeCommand, clusterCommand, getCommand, putCommand, deleteCommand, adminCommand])
+  Command.withSubcommands([nodeCommand, clusterCommand, getCommand, putCommand, deleteCommand, keysCommand, adminCommand])
 )
 
 /** The exit code for how the program ended, after printing what the user needs to know. */

@@ -19,6 +19,7 @@ import { isTransferMessage, Transfer } from "../transfer/Transfer.ts"
 import { type AaeConfig, AntiEntropy, isAaeMessage } from "../aae/AntiEntropy.ts"
 import { isReapingMessage, Reaping, type ReapingConfig } from "../aae/Reaping.ts"
 import { isMembershipMessage, Membership } from "../membership/Membership.ts"
+import { isKeyPageRequest, type KeyPage, KeyListing } from "../keys/KeyListing.ts"
 import { MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { readSecretFile } from "../transport/Tls.ts"
 import { readTokenFile } from "../api/Auth.ts"
@@ -131,7 +132,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: settings.transferConcurrency, bytesPerSecond: settings.transferBytesPerSecond })
   const aae = AntiEntropy.layer({ intervalMs: settings.aaeIntervalMs, window: settings.aaeWindow ?? undefined, tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.aae ?? {}) })
   const reaping = Reaping.layer({ tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.reaping ?? {}) }).pipe(Layer.provideMerge(aae))
-  const services = Layer.mergeAll(Coordinator.layer({ n: settings.n }), transfer, reaping).pipe(
+  const services = Layer.mergeAll(Coordinator.layer({ n: settings.n }), KeyListing.layer({ n: settings.n }), transfer, reaping).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
     Layer.provideMerge(Layer.mergeAll(engine, handoff)),
     Layer.provideMerge(membership),
@@ -145,12 +146,14 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     const x = yield* Transfer
     const a = yield* AntiEntropy
     const reap = yield* Reaping
+    const keys = yield* KeyListing
     yield* t.serve((from, payload) => {
       if (isMembershipMessage(payload)) return m.handle(from, payload)
       if (isDataMessage(payload)) return c.handle(from, payload)
       if (isTransferMessage(payload)) return x.handle(from, payload)
       if (isAaeMessage(payload)) return a.handle(from, payload)
       if (isReapingMessage(payload)) return reap.handle(from, payload)
+      if (isKeyPageRequest(payload)) return keys.handle(from, payload)
       return Effect.fail(new Error("unknown message"))
     })
     // Parked writes go to their owner when it is up, or, for an owner gone for good (left or
@@ -220,6 +223,9 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const app = buildServer({
     nodeId: settings.id,
     logger,
+    keys: { list: (q) => runtime.runPromiseExit(Effect.gen(function*() {
+      return yield* (yield* KeyListing).list(q)
+    })) as Promise<Exit.Exit<KeyPage, ApiError>>, defaultTimeoutMs: () => DEFAULT_TIMEOUT_MS },
     auth: { adminTokenFile: settings.adminTokenFile, clientTokenFile: settings.clientTokenFile },
     https,
     maxRequestsInFlight: settings.maxRequestsInFlight,
