@@ -77,6 +77,8 @@ export class Engine extends Context.Service<Engine, {
   readonly countPartition: (partition: number) => Effect.Effect<number>
   /** Drops every record of `partition` written so far, durably; returns how many keys went. */
   readonly dropPartition: (partition: number) => Effect.Effect<number, EngineError>
+  /** Drops several partitions with one durable write and one walk of the index, yielding as it goes; returns how many keys went. */
+  readonly dropPartitions: (partitions: ReadonlyArray<number>) => Effect.Effect<number, EngineError>
   /**
    * Every record from `fromLsn` on, in LSN order, then (with follow) new ones as they commit.
    * Fails with SnapshotRequired when compaction may have removed records from `fromLsn` on
@@ -262,6 +264,7 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
     countPartition: (partition) => Effect.sync(() => log.countPartition(partition)),
     partitionKeys: (partition) => Effect.sync(() => log.index.keysOf(partition)),
     dropPartition: (partition) => Effect.tryPromise({ try: () => log.dropPartition(partition), catch: toError }),
+    dropPartitions: (partitions) => Effect.tryPromise({ try: () => log.dropPartitions(partitions), catch: toError }),
     changes,
     lowWatermark: Effect.sync(() => log.compactedThrough + 1),
     nextLsn: Effect.sync(() => log.nextLsn),

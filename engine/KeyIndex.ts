@@ -207,6 +207,25 @@ export class KeyIndex {
   }
 
   /**
+   * The keys of the given partitions, walking the index once for all of them, handed out in
+   * batches: one batch per `step` entries walked, so a caller can yield between batches
+   * (dropping partitions that moved away walks a million keys). Changes made between two
+   * batches are safe: a Map iterator visits what is added and skips what is deleted.
+   */
+  *keysIn(partitions: ReadonlySet<number>, step: number): Generator<string[]> {
+    let batch: string[] = []
+    let walked = 0
+    for (const [key, s] of this.map) {
+      if (partitions.has(this.part[s]!)) batch.push(key)
+      if (++walked % step === 0) {
+        yield batch
+        batch = []
+      }
+    }
+    if (batch.length > 0) yield batch
+  }
+
+  /**
    * The keys of one partition with their key hash, tree contribution and tombstone flag, in
    * no particular order (a snapshot array; hashes only, no disk read).
    */

@@ -86,6 +86,8 @@ export interface LogConfig {
 
 /** Upper bound of `maxSegmentBytes`: offsets and sizes are u32 in the index and hints. */
 export const MAX_SEGMENT_BYTES = 2 ** 31
+/** Index entries a partition drop walks between two yields to the event loop. */
+const DROP_STEP = 32_768
 
 /** Defaults for everything but `dir`. */
 export const defaultLogConfig: Omit<LogConfig, "dir"> = {
@@ -669,22 +671,46 @@ export class Log {
    * crash) none of them is read, streamed or kept by compaction. Writes to the partition
    * accepted later are kept. Cheap: one small file written, the index walked once.
    */
-  async dropPartition(partition: number): Promise<number> {
-    if (!isPartition(partition)) throw new RangeError(`partition must be an integer in 0..${MAX_PARTITION}; got ${partition}`)
-    if (this.closed) throw new EngineClosed({ message: "the storage engine is closed" })
-    const through = this.nextLsn - 1
-    await this.drain()
-    this.drops.set(partition, Math.max(this.drops.get(partition) ?? 0, through))
-    this.saveState()
-    return this.forgetDropped(partition, through)
+  dropPartition(partition: number): Promise<number> {
+    return this.dropPartitions([partition])
   }
 
-  /** Removes from the index the keys of `partition` at or below `through`; returns how many. */
-  forgetDropped(partition: number, through: number): number {
+  /**
+   * Drops several partitions at once (what moved away after a rebalance): one durable STATE
+   * write and one walk of the index for all of them, in steps that yield to the event loop,
+   * so requests are not held for seconds while a million keys are walked. The drop marks are
+   * durable before the first key is forgotten: a crash in between is finished at start-up.
+   * Returns how many keys went.
+   */
+  async dropPartitions(partitions: ReadonlyArray<number>): Promise<number> {
+    for (const p of partitions) {
+      if (!isPartition(p)) throw new RangeError(`partition must be an integer in 0..${MAX_PARTITION}; got ${p}`)
+    }
+    if (this.closed) throw new EngineClosed({ message: "the storage engine is closed" })
+    if (partitions.length === 0) return 0
+    const through = this.nextLsn - 1
+    await this.drain()
+    for (const p of partitions) this.drops.set(p, Math.max(this.drops.get(p) ?? 0, through))
+    this.saveState()
     let n = 0
-    for (const key of this.index.keysOf(partition)) {
-      const loc = this.index.get(key)!
-      if (loc.lsn > through) continue
+    for (const keys of this.index.keysIn(new Set(partitions), DROP_STEP)) {
+      n += this.forgetKeys(keys, through)
+      if (this.closed) break
+      await this.config.sleep(0)
+    }
+    return n
+  }
+
+  /** Removes from the index the keys of `partition` at or below `through` (start-up); returns how many. */
+  forgetDropped(partition: number, through: number): number {
+    return this.forgetKeys(this.index.keysOf(partition), through)
+  }
+
+  private forgetKeys(keys: ReadonlyArray<string>, through: number): number {
+    let n = 0
+    for (const key of keys) {
+      const loc = this.index.get(key)
+      if (loc === undefined || loc.lsn > through) continue
       this.index.delete(key)
       const s = this.segments.get(loc.segment)
       if (s !== undefined) s.live -= loc.size

@@ -71,7 +71,7 @@ export const isTransferMessage = (m: unknown): m is TransferMessage => {
   if (typeof x !== "object" || x === null) return false
   switch (x.t) {
     case "xfer-keys":
-      return Number.isInteger(x.partition) && (x.after === null || typeof x.after === "string") && Number.isInteger(x.limit) && (x.limit as number) > 0 && (x.limit as number) <= 10_000
+      return Number.isInteger(x.partition) && (x.after === null || (typeof x.after === "string" && x.after.length <= 1024)) && Number.isInteger(x.limit) && (x.limit as number) > 0 && (x.limit as number) <= 10_000
     case "xfer-changes":
       return Number.isInteger(x.partition) && Number.isSafeInteger(x.from) && (x.from as number) >= 0 && Number.isInteger(x.limit) && (x.limit as number) > 0 && (x.limit as number) <= 10_000
     case "xfer-status":
@@ -415,17 +415,19 @@ export const make = Effect.fnUntraced(function*(config: TransferConfig) {
     if (now() - adoptedSince.at < 2_000) return
     const cur = State.currentRing(start)
     if (!cur.members.includes(self)) return
+    const gone: number[] = []
     for (let q = 0; q < start.partitions; q++) {
       if (preferenceList(cur, q, start.n).includes(self)) continue
-      if ((yield* engine.countPartition(q)) === 0) continue
-      const n = yield* Effect.suspend(() => {
-        const s = membership.state()
-        if (s.ring.version !== start.ring.version || !State.settled(s) || running.size > 0 || !allSeen(s.ring.version)) return Effect.succeed(-1)
-        return engine.dropPartition(q)
-      })
-      if (n < 0) return
-      yield* Effect.logInfo(`partition ${q} moved away: ${n} keys dropped here`)
+      if ((yield* engine.countPartition(q)) > 0) gone.push(q)
     }
+    if (gone.length === 0) return
+    // All at once: one durable mark and one walk of the index, which yields as it goes.
+    const n = yield* Effect.suspend(() => {
+      const s = membership.state()
+      if (s.ring.version !== start.ring.version || !State.settled(s) || running.size > 0 || !allSeen(s.ring.version)) return Effect.succeed(-1)
+      return engine.dropPartitions(gone)
+    })
+    if (n >= 0) yield* Effect.logInfo(`partitions ${gone.join(", ")} moved away: ${n} keys dropped here`)
   }).pipe(Effect.catch((e: unknown) => Effect.logWarning(`dropping moved partitions: ${(e as Error)?.message ?? String(e)}`)))
 
   const tick = Effect.gen(function*() {
