@@ -272,6 +272,62 @@ export const isClusterState = (v: unknown): v is ClusterState => {
     strs(s.done) && typeof s.seen === "object" && s.seen !== null && Object.values(s.seen).every((x) => Number.isInteger(x))
 }
 
+/** Longest host name a member may advertise (DNS allows 253). */
+const MAX_HOST = 255
+/** Most members, requests a state may name: far above any real cluster, so a state stays small. */
+const MAX_MEMBERS = 1024
+const MAX_ID_CHARS = 200
+const port = (x: unknown) => Number.isInteger(x) && (x as number) >= 0 && (x as number) <= 65535
+const count = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0
+
+/**
+ * Why a member's address cannot be taken, or undefined: an id of `nodeId` (Dvv.NODE_ID), a
+ * host without spaces or slashes, ports 0..65535 (0 on simulated networks), a non-negative
+ * incarnation. Every member stored passes it, so a persisted cluster.json always loads again.
+ */
+export const memberProblem = (m: unknown, nodeId: RegExp): string | undefined => {
+  const x = m as Partial<Record<keyof MemberInfo, unknown>> | null
+  if (typeof x !== "object" || x === null) return "a member must be an object"
+  if (typeof x.id !== "string" || !nodeId.test(x.id)) return `member id ${JSON.stringify(x.id)?.slice(0, 80)} is not a node id`
+  if (typeof x.host !== "string" || x.host.length === 0 || x.host.length > MAX_HOST || /[\s/]/.test(x.host)) return `member ${x.id} has no valid host`
+  if (!port(x.port) || !port(x.clusterPort)) return `member ${x.id} needs a port and a cluster port from 0 to 65535`
+  if (!count(x.incarnation)) return `member ${x.id} needs a non-negative integer incarnation`
+  return undefined
+}
+
+/**
+ * Why a state from a peer must not be merged, or undefined. Beyond `isClusterState`: the same
+ * N and Q as ours; every id a node id; every member well-formed (memberProblem); every ring
+ * member, next member and joining node listed with an address; owners among the ring's
+ * members; versions and counts non-negative safe integers; sizes bounded. A state refused
+ * changes nothing: it is never merged.
+ */
+export const stateProblem = (v: unknown, ours: { readonly n: number; readonly partitions: number }, nodeId: RegExp): string | undefined => {
+  if (!isClusterState(v)) return "not a cluster state"
+  if (v.n !== ours.n || v.partitions !== ours.partitions) return `cluster settings differ: N=${v.n}, Q=${v.partitions}; ours are N=${ours.n}, Q=${ours.partitions}`
+  if (v.members.length > MAX_MEMBERS || v.requests.length > MAX_MEMBERS) return `more than ${MAX_MEMBERS} members or requests`
+  const listed = new Set<string>()
+  for (const m of v.members) {
+    const p = memberProblem(m, nodeId)
+    if (p !== undefined) return p
+    if (listed.has(m.id)) return `member ${m.id} is listed twice`
+    listed.add(m.id)
+  }
+  const r = v.ring
+  if (!count(r.version)) return "the ring version must be a non-negative integer"
+  const ids = [...r.members, ...r.nextMembers, ...r.gone, ...r.owners.filter((o) => o !== ""), ...r.next.filter((o) => o !== ""), ...v.requests.map((x) => x.node), ...Object.keys(v.seen)]
+  const bad = ids.find((id) => !nodeId.test(id))
+  if (bad !== undefined) return `${JSON.stringify(bad.slice(0, 80))} is not a node id`
+  const unlisted = [...r.members, ...r.nextMembers, ...v.requests.filter((x) => x.kind === "join").map((x) => x.node)].find((id) => !listed.has(id))
+  if (unlisted !== undefined) return `ring member ${unlisted} has no address in the state`
+  const current = new Set(r.members)
+  const next = new Set(r.nextMembers)
+  if (r.owners.some((o) => o !== "" && !current.has(o)) || r.next.some((o) => o !== "" && !next.has(o))) return "an owner is not a member of its ring"
+  if (v.requests.some((x) => x.id.length > MAX_ID_CHARS) || r.applied.some((a) => a.length > MAX_ID_CHARS)) return "a request id is too long"
+  if (!Object.values(v.seen).every(count)) return "seen versions must be non-negative integers"
+  return undefined
+}
+
 /** A state persisted by the first format (a grow-only set of ring events), upgraded. */
 export const fromLegacy = (v: unknown): ClusterState | undefined => {
   const s = v as { n?: unknown; partitions?: unknown; members?: unknown; events?: unknown }

@@ -13,7 +13,8 @@ import { Clock, Context, Effect, Layer, Random, Schedule } from "effect"
 import { writeFileDurable, type FilesApi } from "../../engine/Files.ts"
 import type { ClusterView } from "../coordinator/Coordinator.ts"
 import type { Ring } from "../ring/Ring.ts"
-import { Transport, type Peer } from "../transport/Transport.ts"
+import { HostileMessage, Transport, type Peer } from "../transport/Transport.ts"
+import * as Dvv from "../versions/Dvv.ts"
 import * as State from "./ClusterState.ts"
 import { FailureDetector, type NodeStatus } from "./FailureDetector.ts"
 
@@ -71,7 +72,7 @@ export class Membership extends Context.Service<Membership, {
   /** Whether this node is a ring member (until then it acknowledges nothing). */
   readonly joined: () => boolean
   /** Handles a membership message from another node. */
-  readonly handle: (from: string, msg: MembershipMessage) => Effect.Effect<unknown>
+  readonly handle: (from: string, msg: MembershipMessage) => Effect.Effect<unknown, HostileMessage>
   /** Calls `f` with a node's id each time it is seen coming back up. */
   readonly onUp: (f: (id: string) => void) => void
 }>()("tally/membership/Membership") {
@@ -105,6 +106,8 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   const gossipMs = config.gossipMs ?? 1000
   config.files.mkdirp(config.dataDir)
   const stored = loadState(config)
+  /** Why a peer's state must not be merged (ClusterState.stateProblem), or undefined. */
+  const stateProblem = (v: unknown) => State.stateProblem(v, { n: config.n, partitions: config.partitions }, Dvv.NODE_ID)
   const incarnation = (stored?.members.find((m) => m.id === config.self.id)?.incarnation ?? 0) + 1
   const self: State.MemberInfo = { ...config.self, incarnation }
   const hasSeeds = config.seeds.length > 0 || (config.seedPeers ?? []).length > 0
@@ -171,7 +174,7 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
     return Random.nextIntBetween(0, candidates.length, { halfOpen: true }).pipe(Effect.flatMap((i) => transport.request(peerOf(candidates[i]!), { t: "gossip", state }, heartbeatMs * 2).pipe(
       Effect.map((reply) => {
         const s = (reply as { state?: unknown } | null)?.state
-        if (State.isClusterState(s)) absorb(s)
+        if (stateProblem(s) === undefined) absorb(s as State.ClusterState)
       }),
       Effect.ignore
     )))
@@ -213,8 +216,8 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
           return transport.request(peer, { t: "join", member: self, request: joinRequest }, 5000).pipe(
             Effect.map((reply) => {
               const s = (reply as { state?: unknown } | null)?.state
-              if (!State.isClusterState(s)) return false
-              absorb(s)
+              if (stateProblem(s) !== undefined) return false
+              absorb(s as State.ClusterState)
               return true
             })
           )
@@ -282,26 +285,51 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   })
   yield* claimantTick.pipe(survive("claimant"), Effect.repeat(Schedule.spaced(Math.max(100, Math.floor(gossipMs / 2)))), Effect.forkScoped)
 
-  const handle = (from: string, msg: MembershipMessage): Effect.Effect<unknown> =>
+  /** Why a message must be refused before it touches any state, or undefined. */
+  const messageProblem = (from: string, msg: MembershipMessage): string | undefined => {
+    switch (msg.t) {
+      case "ping":
+        return undefined
+      case "gossip":
+        return stateProblem(msg.state)
+      case "join": {
+        const p = State.memberProblem(msg.member, Dvv.NODE_ID)
+        if (p !== undefined) return p
+        if (msg.member.id !== from) return `node ${from} asked to join as ${msg.member.id}: a node joins only as itself`
+        if (msg.request !== undefined && (typeof msg.request !== "string" || msg.request.length > 200)) return "a join request id must be a string of at most 200 characters"
+        return undefined
+      }
+    }
+  }
+
+  const handle = (from: string, msg: MembershipMessage): Effect.Effect<unknown, HostileMessage> =>
     Effect.gen(function*() {
+      const problem = messageProblem(from, msg)
+      if (problem !== undefined) return yield* new HostileMessage({ message: `${msg.t} from ${from} refused, nothing changed: ${problem}` })
       const t = yield* now()
-      detector.heartbeat(from, t)
-      noteStatus(from)
+      // Only members get failure-detector state (checked once the message is taken, so a
+      // gossip that introduces its sender counts): a stranger's id must not grow the table.
+      const beat = () => {
+        if (!state.members.some((m) => m.id === from)) return
+        detector.heartbeat(from, t)
+        noteStatus(from)
+      }
       switch (msg.t) {
         case "ping":
+          beat()
           return { t: "pong" }
         case "gossip":
-          if (State.isClusterState(msg.state)) absorb(msg.state)
+          absorb(msg.state)
+          beat()
           return { t: "gossip", state }
         case "join": {
           const m = msg.member
-          if (typeof m?.id === "string" && typeof m.host === "string" && Number.isInteger(m.port) && Number.isInteger(m.clusterPort) && Number.isInteger(m.incarnation)) {
-            let next = State.withMember(state, m)
-            const member = next.ring.members.includes(m.id) || next.ring.nextMembers.includes(m.id)
-            if (!member) next = State.request(next, { id: typeof msg.request === "string" ? msg.request : `join:${m.id}:${m.incarnation}`, kind: "join", node: m.id })
-            adopt(next)
-            if (!member) yield* Effect.logInfo(`node ${m.id} asked to join through this node`)
-          }
+          let next = State.withMember(state, m)
+          const member = next.ring.members.includes(m.id) || next.ring.nextMembers.includes(m.id)
+          if (!member) next = State.request(next, { id: typeof msg.request === "string" ? msg.request : `join:${m.id}:${m.incarnation}`, kind: "join", node: m.id })
+          adopt(next)
+          beat()
+          if (!member) yield* Effect.logInfo(`node ${m.id} asked to join through this node`)
           return { t: "state", state }
         }
       }

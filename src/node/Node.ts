@@ -20,7 +20,7 @@ import { type AaeConfig, AntiEntropy, isAaeMessage } from "../aae/AntiEntropy.ts
 import { isReapingMessage, Reaping, type ReapingConfig } from "../aae/Reaping.ts"
 import { isMembershipMessage, Membership } from "../membership/Membership.ts"
 import { isKeyPageRequest, type KeyPage, KeyListing } from "../keys/KeyListing.ts"
-import { MemoryNetwork, Transport } from "../transport/Transport.ts"
+import { HostileMessage, MemoryNetwork, Transport } from "../transport/Transport.ts"
 import { readSecretFile } from "../transport/Tls.ts"
 import { readTokenFile } from "../api/Auth.ts"
 import { readHttpsFiles } from "../api/Https.ts"
@@ -154,7 +154,8 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       if (isAaeMessage(payload)) return a.handle(from, payload)
       if (isReapingMessage(payload)) return reap.handle(from, payload)
       if (isKeyPageRequest(payload)) return keys.handle(from, payload)
-      return Effect.fail(new Error("unknown message"))
+      // No service takes it: malformed for every one (each is* above is that service's validator).
+      return Effect.fail(new HostileMessage({ message: `a message no service takes (kind ${JSON.stringify((payload as { t?: unknown } | null)?.t)?.slice(0, 40)}), or one that fails its checks` }))
     })
     // Parked writes go to their owner when it is up, or, for an owner gone for good (left or
     // removed), to the keys' current replicas; Coordinator.deliver also redirects the keys an

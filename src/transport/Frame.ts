@@ -21,6 +21,7 @@
  */
 import { Decoder, Encoder } from "@msgpack/msgpack"
 import { Schema } from "effect"
+import { NODE_ID } from "../versions/Dvv.ts"
 
 /** Bytes of the length prefix. */
 export const HEADER_BYTES = 4
@@ -282,6 +283,8 @@ const EMPTY = new Uint8Array(0)
  * or undefined when the two nodes may talk. `expectedId` is the node we meant to reach, if any.
  */
 export const helloProblem = (ours: { readonly nodeId: string; readonly cluster: ClusterSettings }, theirs: Hello, expectedId?: string): string | undefined => {
+  // Every per-peer table (failure detector, waiting slots, parked logs) is keyed by this id.
+  if (!NODE_ID.test(theirs.from)) return `${JSON.stringify(theirs.from.slice(0, 80))} is not a node id (1 to 64 of A-Z a-z 0-9 _ . -, not . or ..)`
   if (theirs.version !== PROTOCOL_VERSION) {
     return `node ${theirs.from} speaks protocol version ${theirs.version}, node ${ours.nodeId} speaks ${PROTOCOL_VERSION}`
   }

@@ -6,6 +6,7 @@
 import { Cause, Effect, Exit, type Fiber, Option, type Scope } from "effect"
 import { bodyBytes, encodeFrame } from "./Frame.ts"
 import type { Handler } from "./Transport.ts"
+import { isHostile } from "./TransportError.ts"
 
 /** The handler a layer dispatches to; `serve` installs one for the caller's scope. */
 export class HandlerSlot {
@@ -52,7 +53,8 @@ export const handleIncoming = (
   id: number,
   payload: unknown,
   reply: (bytes: Uint8Array) => void,
-  finished?: () => void
+  finished?: () => void,
+  hostile?: (message: string) => void
 ): void => {
   if (handler === undefined) {
     if (answer) reply(encodeFrame({ k: "err", id, code: "unavailable", message: `node ${ctx.nodeId} is not serving requests yet` }))
@@ -62,6 +64,15 @@ export const handleIncoming = (
   const fiber = ctx.run(Effect.suspend(() => handler(from, payload)))
   fiber.addObserver((exit) => {
     finished?.()
+    // Refused as hostile (TransportError.ts): answered if asked, then the layer drops the peer's connection.
+    const refusal = Exit.isFailure(exit) ? Cause.findErrorOption(exit.cause) : Option.none()
+    if (Exit.isFailure(exit) && Option.isSome(refusal) && isHostile(refusal.value)) {
+      if (answer) reply(encodeFailure(id, exit.cause, ctx.warn))
+      const message = (refusal.value as { message?: unknown }).message
+      ctx.warn(`refused a hostile message from ${from}: ${typeof message === "string" ? message : "malformed"}`)
+      hostile?.(typeof message === "string" ? message : "malformed")
+      return
+    }
     if (!answer) {
       if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) ctx.warn(`one-way message from ${from} failed: ${Cause.pretty(exit.cause)}`)
       return

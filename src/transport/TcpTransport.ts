@@ -197,7 +197,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
   const maxHelloFrameBytes = Math.min(config.maxHelloFrameBytes ?? DEFAULT_MAX_HELLO_FRAME_BYTES, maxFrameBytes)
   const maxInbound = config.maxInboundConnections ?? DEFAULT_MAX_INBOUND
   /** Refusals by the bounds above, for /metrics (tally_limit_hits_total). */
-  const limits = { internode_connections: 0, internode_frame_too_large: 0, internode_hello_frame_too_large: 0 }
+  const limits = { internode_connections: 0, internode_frame_too_large: 0, internode_hello_frame_too_large: 0, internode_hostile_messages: 0 }
   const countMalformed = (e: MalformedFrame, authenticated: boolean) => {
     if (e.reason === "too_large") limits[authenticated ? "internode_frame_too_large" : "internode_hello_frame_too_large"]++
   }
@@ -500,6 +500,11 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       handleIncoming(incoming, handlers.current, from, answer, id, payload, (bytes) => this.reply(from, bytes), () => {
         this.active--
         this.adjustReading()
+      }, () => {
+        limits.internode_hostile_messages++
+        // After the err frame is flushed: the peer learns why, then must reconnect to be heard.
+        this.wire.socket.end()
+        setTimeout(() => this.wire.destroy(), 1000).unref()
       })
     }
 

@@ -16,7 +16,7 @@ import type { TransportError } from "./TransportError.ts"
 export type { ClusterSettings } from "./Frame.ts"
 export { MemoryNetwork, type LinkConditions, type MemoryTransportConfig } from "./MemoryNetwork.ts"
 export type { TcpTransportConfig } from "./TcpTransport.ts"
-export { TransportError, transportErrorReasons, type TransportErrorReason } from "./TransportError.ts"
+export { HostileMessage, TransportError, transportErrorReasons, type TransportErrorReason } from "./TransportError.ts"
 
 /** Another node, as the transport reaches it. `port` is its cluster port. */
 export interface Peer {

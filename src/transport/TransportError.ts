@@ -39,3 +39,20 @@ export class TransportError extends Schema.TaggedError<TransportError>()("Transp
 /** Shorthand constructor. */
 export const transportError = (reason: TransportErrorReason, peer: string, message: string, remoteCode?: string): TransportError =>
   new TransportError(remoteCode === undefined ? { reason, peer, message } : { reason, peer, message, remoteCode })
+
+/**
+ * What a handler fails with for a message it refuses as hostile or malformed (bad ids, an
+ * impossible state, a node speaking for another): it changed nothing, the peer gets an "err"
+ * frame with code `hostile`, and the TCP transport then closes the connection, so a peer
+ * that sends one must reconnect (and say hello again) before it is heard.
+ */
+export class HostileMessage extends Schema.TaggedError<HostileMessage>()("HostileMessage", {
+  message: Schema.String
+}) {
+  get code(): "hostile" {
+    return "hostile"
+  }
+}
+
+/** Whether a handler's failure is a HostileMessage (by code, as it crosses the transport). */
+export const isHostile = (e: unknown): boolean => (e as { code?: unknown } | null | undefined)?.code === "hostile"
