@@ -5,7 +5,7 @@
  * Dvv.MAX_CONTEXT_LEAD for how far one write's context may raise a counter.
  */
 import { Effect, ManagedRuntime } from "effect"
-import t from "tap"
+import t, { type Test } from "tap"
 import { assembleNode } from "../../src/node/Node.ts"
 import { MemoryNetwork, Transport } from "../../src/transport/Transport.ts"
 import * as Dvv from "../../src/versions/Dvv.ts"
@@ -21,7 +21,7 @@ const contextOf = async (app: App, key: string) => {
 }
 
 /** Writes `rounds` times, each with the context the last answer gave: none may be refused. */
-const keepsWriting = async (t: Tap.Test, app: App, key: string, rounds: number) => {
+const keepsWriting = async (t: Test, app: App, key: string, rounds: number) => {
   for (let i = 0; i < rounds; i++) {
     const w = await put(app, key, await contextOf(app, key))
     t.equal(w.statusCode, 204, `write ${i + 1} with the context just read`)
@@ -29,7 +29,6 @@ const keepsWriting = async (t: Tap.Test, app: App, key: string, rounds: number) 
     t.ok(back !== undefined, "the context the node hands out decodes again")
   }
 }
-declare namespace Tap { type Test = Parameters<Parameters<typeof t.test>[1]>[0] }
 
 t.test("a client context counter of 2^48 for the node's own actor does not wedge the key", async (t) => {
   const node = await testNode()
