@@ -13,7 +13,7 @@ import * as Result from "effect/Result"
 import { Command, Flag } from "effect/cli"
 import { watchConfig, type WatchLogLevel } from "../config/ConfigWatcher.ts"
 import { loadSettings, NODE_FLAGS, type EnvValues, type FlagKey, type FlagValues, type NodeSettings } from "../config/Settings.ts"
-import { makeLogger, type NodeLogger } from "../node/Log.ts"
+import type { NodeLogger } from "../node/Log.ts"
 import type { RunningNode } from "../node/Node.ts"
 import { InvalidSettings, messageOf, NodeFailed } from "./Errors.ts"
 
@@ -94,7 +94,9 @@ export const runNode = (
   sources: { readonly flags: FlagValues; readonly env: EnvValues }
 ): Effect.Effect<void, NodeFailed> =>
   Effect.scoped(Effect.gen(function*() {
-    // One logger for the command and the node: one stream of JSON lines, one level.
+    // One logger for the command and the node: one stream of JSON lines, one level. Loaded
+    // here, not at the top: get, put and the other commands start faster without pino.
+    const { makeLogger } = yield* Effect.promise(() => import("../node/Log.ts"))
     const logger = makeLogger(settings.id, settings.logLevel)
     const log = logLine(logger)
     const signalled = yield* stopSignal(() => {}, (message) => logger.warn(message))

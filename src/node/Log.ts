@@ -4,7 +4,8 @@
  * the `ready` line. Events that come in bursts under failure (quorum failures, fallback
  * writes) go through `burstLog`: at most one line per kind per window, with a count.
  */
-import { Logger, References } from "effect"
+import * as Logger from "effect/Logger"
+import * as References from "effect/References"
 import pino from "pino"
 import type { LogLevel } from "../config/Settings.ts"
 
