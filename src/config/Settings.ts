@@ -80,6 +80,8 @@ export interface NodeSettings {
   readonly maxHelloFrameBytes?: number | undefined
   /** Largest internode frame after it. */
   readonly maxFrameBytes?: number | undefined
+  /** Read repairs running at once; past it a GET skips its repair (anti-entropy catches up). */
+  readonly maxReadRepairs?: number | undefined
   /** Partition transfers this node receives at once (live). */
   readonly transferConcurrency: number
   /** Most bytes per second this node pulls in transfers, 0 for no limit (live). */
@@ -145,6 +147,7 @@ export const DEFAULTS = {
   maxInboundConnections: 512,
   maxHelloFrameBytes: 64 * 1024,
   maxFrameBytes: 64 * 1024 * 1024,
+  maxReadRepairs: 256,
   transferConcurrency: 2,
   transferBytesPerSecond: 0,
   aaeIntervalMs: 1_000,
@@ -236,6 +239,7 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("maxInboundConnections", "max-inbound-connections", "K", "internode connections accepted at once; more are closed", String(DEFAULTS.maxInboundConnections)),
   flag("maxHelloFrameBytes", "max-hello-frame-bytes", "BYTES", "largest internode frame before a peer's hello is accepted", String(DEFAULTS.maxHelloFrameBytes)),
   flag("maxFrameBytes", "max-frame-bytes", "BYTES", "largest internode frame after the hello", String(DEFAULTS.maxFrameBytes)),
+  flag("maxReadRepairs", "max-read-repairs", "K", "read repairs running at once; past it a GET skips its repair (anti-entropy catches up)", String(DEFAULTS.maxReadRepairs)),
   flag("config", "config", "FILE", "JSON config file with the same settings; watched for live changes", "none"),
   flag("enableFaultInjection", "enable-fault-injection", undefined, "turn on POST /admin/faults (tests only)", "off")
 ]
@@ -289,6 +293,7 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   maxInboundConnections: { type: "int", min: 1, max: 1_000_000 },
   maxHelloFrameBytes: { type: "int", min: 1024, max: 2 ** 32 - 1 },
   maxFrameBytes: { type: "int", min: 1024, max: 2 ** 32 - 1 },
+  maxReadRepairs: { type: "int", min: 0, max: 1_000_000 },
   config: { type: "text", pattern: /\S/, expected: "a file path" }
 }
 
@@ -599,6 +604,7 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     maxInboundConnections: (values.maxInboundConnections as number | undefined) ?? DEFAULTS.maxInboundConnections,
     maxHelloFrameBytes: maxHello,
     maxFrameBytes: maxFrame,
+    maxReadRepairs: (values.maxReadRepairs as number | undefined) ?? DEFAULTS.maxReadRepairs,
     compaction: compaction as unknown as CompactionSettings
   })
 }

@@ -70,6 +70,8 @@ export interface CoordinatorStats {
   fallbackWrites: number
   /** Replicas a read repaired. */
   readRepairs: number
+  /** Read repairs not started because `maxReadRepairs` were running (anti-entropy repairs those keys later). */
+  readRepairsDropped: number
   /** Client writes this node forwarded to a primary. */
   forwardedWrites: number
   /** Requests that missed their quorum (503 or 504), by operation. */
@@ -92,7 +94,7 @@ export class Coordinator extends Context.Service<Coordinator, {
   /** Answers a data message from another node. */
   readonly handle: (from: string, msg: DataMessage) => Effect.Effect<DataReply>
 }>()("tally/coordinator/Coordinator") {
-  static readonly layer = (config: { readonly n: number }) => Layer.effect(Coordinator, make(config))
+  static readonly layer = (config: CoordinatorConfig) => Layer.effect(Coordinator, make(config))
 }
 
 /** Tasks (by index) of which at least `needed` must succeed: one replica set's quorum. */
@@ -200,14 +202,30 @@ const STARTING_RETRY_MS = 50
 /** How many forwarded writes' ids a node remembers (a retry follows within one request's timeout). */
 const RECENT_WRITES = 4096
 
+/** The coordinator's settings. */
+export interface CoordinatorConfig {
+  readonly n: number
+  /**
+   * Read repairs running at once, at most (default 256). Each waits for every replica of one
+   * GET; past the bound a GET skips its repair (counted) rather than leave one more detached
+   * fiber per request under a flood of reads of stale keys.
+   */
+  readonly maxReadRepairs?: number | undefined
+}
+
+/** Default of CoordinatorConfig.maxReadRepairs. */
+export const DEFAULT_MAX_READ_REPAIRS = 256
+
 /** Builds the coordinator over the local replica, the membership, the transport and handoff. */
-export const make = Effect.fnUntraced(function*(config: { readonly n: number }) {
+export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
   const replica = yield* Replica
   const membership = yield* Membership
   const transport = yield* Transport
   const handoff = yield* Handoff
   const self = membership.self.id
-  const stats: CoordinatorStats = { fallbackWrites: 0, readRepairs: 0, forwardedWrites: 0, quorumFailures: { get: 0, put: 0 } }
+  const stats: CoordinatorStats = { fallbackWrites: 0, readRepairs: 0, readRepairsDropped: 0, forwardedWrites: 0, quorumFailures: { get: 0, put: 0 } }
+  const maxRepairs = config.maxReadRepairs ?? DEFAULT_MAX_READ_REPAIRS
+  let repairing = 0
   const ridPrefix = `${self}:${(yield* Random.nextInt).toString(36)}`
   let ridCounter = 0
   const recent = new Map<string, RecentWrite>()
@@ -435,7 +453,11 @@ export const make = Effect.fnUntraced(function*(config: { readonly n: number }) 
         return yield* missed(r, groups, q.timeoutMs)
       }
       // Read repair, once every replica has answered: replicas holding less get the merge.
-      yield* r.all.pipe(Effect.flatMap((all) => repair(key, replicas, all, q.timeoutMs)), Effect.forkDetach)
+      if (repairing >= maxRepairs) stats.readRepairsDropped++
+      else {
+        repairing++
+        yield* r.all.pipe(Effect.flatMap((all) => repair(key, replicas, all, q.timeoutMs)), Effect.ensuring(Effect.sync(() => void repairing--)), Effect.forkDetach)
+      }
       return { object: mergeAll(r.results.map((x) => x.found)), replies: r.results.length }
     })
 

@@ -132,7 +132,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const transfer = Transfer.layer({ dataDir: settings.data, files, concurrency: settings.transferConcurrency, bytesPerSecond: settings.transferBytesPerSecond })
   const aae = AntiEntropy.layer({ intervalMs: settings.aaeIntervalMs, window: settings.aaeWindow ?? undefined, tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.aae ?? {}) })
   const reaping = Reaping.layer({ tombstoneGraceMs: settings.compaction.tombstoneGraceMs, ...(options.reaping ?? {}) }).pipe(Layer.provideMerge(aae))
-  const services = Layer.mergeAll(Coordinator.layer({ n: settings.n }), KeyListing.layer({ n: settings.n }), transfer, reaping).pipe(
+  const services = Layer.mergeAll(Coordinator.layer({ n: settings.n, maxReadRepairs: settings.maxReadRepairs }), KeyListing.layer({ n: settings.n }), transfer, reaping).pipe(
     Layer.provideMerge(Replica.layer({ ...defaultReplicaConfig, nodeId: settings.id, partitions: settings.partitions })),
     Layer.provideMerge(Layer.mergeAll(engine, handoff)),
     Layer.provideMerge(membership),
@@ -218,7 +218,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       transfers: { running: local.length, stalled: local.filter((x) => x.state === "stalled").length, keys: local.reduce((n, x) => n + x.keysSent, 0) },
       coordinator: coordinatorService.stats(),
       aae: aaeService.status().map((p) => ({ ...p, reapBlocked: reapingService.cutoff(p.partition).blocked !== undefined })),
-      limits: transportService.stats().limits ?? {}
+      limits: { ...(transportService.stats().limits ?? {}), read_repairs: coordinatorService.stats().readRepairsDropped }
     }
   })
   const app = buildServer({

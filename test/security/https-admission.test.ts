@@ -87,3 +87,18 @@ t.test("--max-requests-in-flight: past it, 503 with Retry-After; probes still an
   t.ok(many.every((s) => s === 204 || s === 503), `under load: only 204 or 503 (${[...new Set(many)].join(",")})`)
   t.equal((await fetch(`${base}/kv/k0`, { method: "PUT", body: "v" })).status, 204, "and the node serves once the burst is over")
 })
+
+t.test("--max-read-repairs: past it a GET skips its repair, counted; the read itself is served", async (t) => {
+  const metric = async (app: Awaited<ReturnType<typeof testNode>>["app"]) =>
+    Number(/tally_limit_hits_total\{limit="read_repairs"\} (\d+)/.exec((await app.inject({ method: "GET", url: "/metrics" })).body)?.[1] ?? 0)
+  const none = await testNode({ maxReadRepairs: 0 })
+  t.teardown(() => none.close())
+  t.equal((await none.app.inject({ method: "PUT", url: "/kv/a", payload: "x" })).statusCode, 204)
+  for (let i = 0; i < 3; i++) t.equal((await none.app.inject({ method: "GET", url: "/kv/a" })).statusCode, 200)
+  t.equal(await metric(none.app), 3, "three repairs skipped and counted")
+  const some = await testNode()
+  t.teardown(() => some.close())
+  t.equal((await some.app.inject({ method: "PUT", url: "/kv/a", payload: "x" })).statusCode, 204)
+  for (let i = 0; i < 3; i++) t.equal((await some.app.inject({ method: "GET", url: "/kv/a" })).statusCode, 200)
+  t.equal(await metric(some.app), 0, "with the default bound none is skipped")
+})

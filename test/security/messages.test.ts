@@ -87,9 +87,9 @@ t.test("hostile messages of every kind are refused and change nothing; the node 
 
 t.test("a hello naming no node id is refused", async (t) => {
   for (const from of ["..", ".", "a/b", "", "x".repeat(65)]) {
-    t.match(helloProblem({ nodeId: "b", cluster: CLUSTER }, { k: "hello", from, cluster: CLUSTER, version: 1 }), /is not a node id/, JSON.stringify(from))
+    t.match(helloProblem({ nodeId: "b", cluster: CLUSTER }, { k: "hello", id: 0, from, cluster: CLUSTER, version: 1 }), /is not a node id/, JSON.stringify(from))
   }
-  t.equal(helloProblem({ nodeId: "b", cluster: CLUSTER }, { k: "hello", from: "a", cluster: CLUSTER, version: 1 }), undefined)
+  t.equal(helloProblem({ nodeId: "b", cluster: CLUSTER }, { k: "hello", id: 0, from: "a", cluster: CLUSTER, version: 1 }), undefined)
 })
 
 t.test("on TCP a hostile message closes its connection; the sender reconnects to be heard again", async (t) => {
