@@ -9,15 +9,17 @@ import { parseArgs } from "node:util"
 import autocannon from "autocannon"
 
 /** --seconds per case, --connections in all, --keys preloaded. */
-export const loadOptions = (defaultConnections: number) => {
+export const loadOptions = (defaultConnections: number, extra: Record<string, { type: "string"; default: string }> = {}) => {
   const { values } = parseArgs({
     options: {
       seconds: { type: "string", default: "10" },
       connections: { type: "string", default: String(defaultConnections) },
-      keys: { type: "string", default: "10000" }
+      keys: { type: "string", default: "10000" },
+      ...extra
     }
   })
-  return { seconds: Number(values.seconds), connections: Number(values.connections), keys: Number(values.keys) }
+  const v = values as Record<string, string>
+  return { seconds: Number(v.seconds), connections: Number(v.connections), keys: Number(v.keys), extra: Object.fromEntries(Object.keys(extra).map((k) => [k, v[k]!])) }
 }
 
 export const VALUE = Buffer.alloc(1024, 0x61)
