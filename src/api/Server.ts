@@ -17,6 +17,7 @@ import { registerAdmission } from "./Admission.ts"
 import { registerAuth, type AuthConfig } from "./Auth.ts"
 import type { HttpsFiles } from "./Https.ts"
 import { parseContentType, parseContext, parseKey, parseQuorum, QUERY_SCHEMA, type KvQuery, type RequestDefaults } from "./Request.ts"
+import { registerDashboard } from "../ui/Dashboard.ts"
 import { type KeysDeps, registerKeys } from "./Keys.ts"
 import { registerOpenApi } from "./OpenApi.ts"
 
@@ -269,6 +270,7 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
   app.delete<{ Params: { key: string }; Querystring: KvQuery }>("/kv/:key", { ...kv, config: { op: "delete" } }, (req, reply) => write(req, reply, true))
 
   if (deps.keys !== undefined) registerKeys(app, deps.keys)
+  registerDashboard(app)
 
   app.get("/ping", { config: { op: "ping" } }, async (_req, reply) => reply.type("text/plain").send("OK"))
 

@@ -6,7 +6,7 @@
  */
 import * as fs from "node:fs"
 import { Validator } from "@seriousme/openapi-schema-validator"
-import t from "tap"
+import t, { type Test } from "tap"
 import { errorCodes } from "../../src/Errors.ts"
 import { testNode } from "./helpers.ts"
 
@@ -16,7 +16,7 @@ type Operation = { summary?: string; parameters?: Array<{ in: string; name: stri
 type Schema = { properties?: { error?: { enum?: string[] } }; oneOf?: Schema[] }
 type Document = { openapi: string; paths: Record<string, Record<string, Operation>>; components: { responses?: Record<string, { description: string; content: Record<string, { schema: Schema }> }> } }
 
-const load = async (t: Tap.Test) => {
+const load = async (t: Test) => {
   const node = await testNode({ enableFaultInjection: true })
   t.teardown(() => node.close())
   const res = await node.app.inject({ method: "GET", url: "/openapi.json" })
@@ -41,7 +41,7 @@ const documentedErrors = (): Array<[string, number]> => [...doc.matchAll(/^\| (\
 t.test("the document is valid OpenAPI 3.1", async (t) => {
   const { spec } = await load(t)
   t.equal(spec.openapi, "3.1.0")
-  const result = await new Validator().validate(spec as unknown as object)
+  const result = await new Validator().validate(spec as unknown as Parameters<Validator["validate"]>[0])
   t.same(result.errors ?? [], [], "no schema errors")
   t.ok(result.valid, "valid against the OpenAPI 3.1 schema")
 })
