@@ -71,6 +71,9 @@ t.test("a node killed: every key still listed once, page by page, from the other
   const json = JSON.parse(limited.stdout) as { keys: string[]; cursor: string | null }
   t.same(json.keys, expected.slice(0, 5))
   t.type(json.cursor, "string", "--json gives the cursor to go on from")
+  const text = await tally(["keys", "--url", n2.url, "--limit", "5"])
+  t.same(text.stdout.trim().split("\n"), expected.slice(0, 5))
+  t.match(text.stderr, `--cursor ${json.cursor}`, "past --limit, the cursor to go on from is on stderr")
   const rest = await tally(["keys", "--url", n2.url, "--cursor", json.cursor!])
   t.same(rest.stdout.trim().split("\n"), expected.slice(5), "--cursor goes on where --limit stopped")
 })

@@ -13,6 +13,7 @@ import { assembleNode, type AssembledNode } from "../../src/node/Node.ts"
 import { MemoryNetwork, Transport } from "../../src/transport/Transport.ts"
 import { preferenceList } from "../../src/ring/Ring.ts"
 import { encodeCursor } from "../../src/api/Keys.ts"
+import { keyLine } from "../../src/cli/KeysCommand.ts"
 import { quiet, testSettings } from "../api/helpers.ts"
 import { eventually } from "./harness.ts"
 
@@ -107,6 +108,14 @@ t.test("page messages are checked both ways", async (t) => {
 t.test("keys are ordered by UTF-8 bytes", async (t) => {
   fc.assert(fc.property(fc.string({ unit: "grapheme" }), fc.string({ unit: "grapheme" }), (a, b) => Math.sign(compareKeys(a, b)) === Math.sign(Buffer.compare(Buffer.from(a), Buffer.from(b)))), { numRuns: 2000 })
   t.ok(compareKeys("\u{1F600}", "\uFFFD") > 0, "an astral character sorts after U+FFFD, as in UTF-8")
+})
+
+t.test("tally keys prints one key a line; a key that could break the lines is JSON-quoted", async (t) => {
+  t.equal(keyLine("user/42"), "user/42")
+  t.equal(keyLine("é 😀 with spaces"), "é 😀 with spaces")
+  t.equal(keyLine("two\nlines"), '"two\\nlines"')
+  t.equal(keyLine("tab\there"), '"tab\\there"')
+  t.equal(keyLine('"quoted"'), '"\\"quoted\\""', "a key that starts with a quote is quoted, so no line is ambiguous")
 })
 
 t.test("three nodes (N=2) in one process: paging, prefix, tombstones, a node cut off, bad input", async (t) => {
