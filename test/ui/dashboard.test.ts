@@ -11,7 +11,8 @@ import * as path from "node:path"
 import t from "tap"
 import { chromium, type Browser } from "playwright-core"
 import { startCluster } from "../cluster/harness.ts"
-import { testNode } from "../api/helpers.ts"
+import { quiet, testNode, testSettings } from "../api/helpers.ts"
+import { startNode } from "../../src/node/Node.ts"
 
 /** The page's document as the callbacks run in the browser see it (this file has no DOM types). */
 interface PageDocument {
@@ -89,4 +90,34 @@ t.test("the dashboard shows a real cluster's members, and a killed node turns do
   const shot = process.env.TALLY_SCREENSHOT
   if (shot !== undefined && shot !== "") await page.screenshot({ path: shot, fullPage: true })
   t.same(problems, [], "no script errors and nothing the page's policy blocked")
+})
+
+t.test("with --admin-token-file the page asks for the token, then sends it as Bearer", { skip: CHROMIUM === undefined ? "no Chromium at /usr/bin/chromium: .ci/run installs Debian's chromium package" : false }, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tally-ui-token-"))
+  const tokenFile = path.join(dir, "admin-token")
+  const token = "dashboard-test-token-0123456789abcdef"
+  fs.writeFileSync(tokenFile, `${token}\n`)
+  const port = 14000 + Math.floor(Math.random() * 1000)
+  const node = await startNode(testSettings({ id: "solo", port, clusterPort: port + 1000, data: path.join(dir, "solo"), adminTokenFile: tokenFile }), { memory: true, logStream: quiet() })
+  const browser = await launch()
+  t.teardown(async () => {
+    await browser.close()
+    await node.close()
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  t.equal((await fetch(`${node.url}/admin/cluster`)).status, 401, "the node wants the token")
+  const page = await browser.newPage()
+  const sent: Array<string | undefined> = []
+  page.on("request", (r) => {
+    if (r.url().includes("/admin/cluster")) sent.push(r.headers().authorization)
+  })
+  await page.goto(`${node.url}/ui?interval=300`)
+  await page.waitForSelector("#token-form:not([hidden])", { timeout: 15_000 })
+  t.pass("without a token the page asks for one")
+  await page.fill("#token-input", token)
+  await page.click("#token-form button")
+  await page.waitForFunction(() => (globalThis as unknown as InPage).document.querySelector('#members tr[data-node="solo"]')?.getAttribute("data-status") === "up", undefined, { timeout: 15_000 })
+  t.pass("with it, the members show")
+  t.ok(await page.isHidden("#token-form"), "and the form goes away")
+  t.equal(sent.at(-1), `Bearer ${token}`, "sent as a Bearer header")
 })
