@@ -50,6 +50,11 @@ t.test("defaults", async (t) => {
     transferBytesPerSecond: 0,
     aaeIntervalMs: 1000,
     aaeWindow: null,
+    maxRequestsInFlight: 1024,
+    maxInboundConnections: 512,
+    maxHelloFrameBytes: 65536,
+    maxFrameBytes: 67108864,
+    maxReadRepairs: 256,
     compaction: { deadRatio: 0.4, deadBytes: 32 * 1024 * 1024, smallBytes: 4 * 1024 * 1024, intervalMs: 30000, tombstoneGraceMs: 86400000 }
   })
   const s = ok({ flags: { port: "8081" } })
@@ -127,6 +132,11 @@ t.test("every flag has its TALLY_ variable", async (t) => {
       transferBytesPerSecond: 1000000,
       aaeIntervalMs: 250,
       aaeWindow: { from: 22, to: 6 },
+      maxRequestsInFlight: 1024,
+      maxInboundConnections: 512,
+      maxHelloFrameBytes: 65536,
+      maxFrameBytes: 67108864,
+      maxReadRepairs: 256,
       compaction: undefined
     }
   )
@@ -186,7 +196,7 @@ t.test("validation errors name the source and what is expected", async (t) => {
 t.test("config file errors: unknown keys, wrong types, bad shapes", async (t) => {
   const flags = { config: "t.json" }
   t.same(errorsOf({ flags, file: { prot: 1 } }), [
-    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, aaeWindow, tombstoneGrace, clusterSecretFile, compaction'
+    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, aaeWindow, tombstoneGrace, clusterSecretFile, adminTokenFile, clientTokenFile, tlsCert, tlsKey, maxRequestsInFlight, maxInboundConnections, maxHelloFrameBytes, maxFrameBytes, maxReadRepairs, compaction'
   ])
   t.same(errorsOf({ flags, file: { port: "8080" } }), ['"port" in t.json must be an integer from 1 to 65535; got "8080" (a string)'])
   t.same(errorsOf({ flags, file: { w: 5 } }), ['"w" in t.json must be an integer from 1 to n (3); got 5'])
@@ -307,6 +317,9 @@ t.test("--cluster-secret-file: none by default; flag, TALLY_CLUSTER_SECRET_FILE 
   t.equal(ok({ flags: { config: "t.json" }, file: { "cluster-secret-file": "/f" } }).clusterSecretFile, "/f")
   t.same(errorsOf({ flags: { clusterSecretFile: " " } }), ['--cluster-secret-file must be a file path; got " "'])
   t.same(diffSettings(ok({}), ok({ flags: { clusterSecretFile: "/s" } })), { live: {}, restartNeeded: ["clusterSecretFile"] })
+  t.same(errorsOf({ flags: { tlsCert: "/c" } }), ["--tls-cert needs --tls-key (its private key)"])
+  t.same(errorsOf({ flags: { tlsKey: "/k" } }), ["--tls-key needs --tls-cert (the certificate it belongs to)"])
+  t.same(errorsOf({ flags: { maxHelloFrameBytes: "2000000", maxFrameBytes: "1048576" } }), ["--max-hello-frame-bytes (2000000) must be at most --max-frame-bytes (1048576)"])
 })
 
 t.test("a node id of . or .. is refused: it names directories", async (t) => {
