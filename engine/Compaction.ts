@@ -34,7 +34,7 @@ import { hashRecordInto, scratch } from "./ContentHash.ts"
 import { CorruptFile, UnknownFormat } from "./Errors.ts"
 import { writeFileDurableAsync, type FilesApi } from "./Files.ts"
 import { encodeHint, type HintEntry } from "./HintFile.ts"
-import { decodeManifest, encodeManifest, encodeState, MERGE_MANIFEST, STATE_FILE, type Manifest } from "./Manifest.ts"
+import { decodeManifest, encodeManifest, MERGE_MANIFEST, type Manifest } from "./Manifest.ts"
 import type { Log, Segment } from "./Log.ts"
 import { probe, reseal, timestampAt } from "./Record.ts"
 import { scan } from "./Recovery.ts"
@@ -230,7 +230,9 @@ export const compact = async (log: Log, inputs: Segment[], abort: () => boolean 
     }
     if (inputsThrough > log.compactedThrough) {
       log.compactedThrough = inputsThrough
-      await writeFileDurableAsync(files, path.join(dir, STATE_FILE), encodeState({ compactedThrough: log.compactedThrough, drops: log.drops }))
+      // Synchronously, as dropPartitions writes it: an async write in flight would share
+      // STATE.tmp with a drop's and land a snapshot without the drop's marks over it.
+      log.saveState()
     }
     await writeFileDurableAsync(files, path.join(dir, MERGE_MANIFEST), encodeManifest({ inputs: [...inputSet], damaged: [...damagedIn], outputs: outs.map((o) => ({ id: o.seg.id, size: o.seg.size, crc: o.crc })) }))
   } catch (e) {
