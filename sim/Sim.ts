@@ -62,6 +62,8 @@ export interface SimResult {
   readonly unexpected: number
   readonly resurrected: number
   readonly deletesAcked: number
+  /** Tombstones compaction reaped on the nodes up at the end. */
+  readonly reapedTombstones: number
   readonly converged: boolean
   readonly convergenceMs: number
   readonly faults: Record<FaultKind, number>
@@ -125,6 +127,7 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
   let converged = false
   let convergenceMs = 0
   let verdict: SetVerdict | undefined
+  let reaped = 0
   const marks: number[] = []
   const mark = () => marks.push(wallNow())
 
@@ -547,6 +550,12 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
       if (verdict.lost.length > 0) problems.push(`${verdict.lost.length} acknowledged writes lost, e.g. ${JSON.stringify(verdict.lost.slice(0, 5))}`)
       if (verdict.unexpected.length + verdict.unexpectedReads.length > 0) problems.push(`values never written were read: ${JSON.stringify([...verdict.unexpected, ...verdict.unexpectedReads].slice(0, 5))}`)
       if (verdict.resurrected.length > 0) problems.push(`deleted versions came back: ${JSON.stringify(verdict.resurrected.slice(0, 5))}`)
+      // Tombstones reaped by compaction (deleted keys must stay deleted through this).
+      for (const n of upNodes()) {
+        const m = await inject(n, "GET", "/metrics", undefined, {}, 5000)
+        reaped += Number(/^tally_engine_dropped_tombstones_total (\d+)/m.exec(m?.body ?? "")?.[1] ?? 0)
+      }
+      log(`reaped tombstones ${reaped}`)
       // Stop everything: a fiber left running would run on into the next run in this process.
       let stopped = false
       await Promise.race([
@@ -575,6 +584,7 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
     unexpected: (verdict?.unexpected.length ?? 0) + (verdict?.unexpectedReads.length ?? 0),
     resurrected: verdict?.resurrected.length ?? 0,
     deletesAcked: verdict?.deletesAcked ?? 0,
+    reapedTombstones: reaped,
     converged,
     convergenceMs,
     faults,

@@ -68,7 +68,7 @@ const base: Omit<SimOptions, "seed"> = {
 }
 
 const seeds = seed !== undefined ? [seed] : Array.from({ length: count }, (_, i) => from + i)
-const totals = { seeds: 0, failed: 0, attempted: 0, acked: 0, lost: 0, unexpected: 0, resurrected: 0, virtualMs: 0, faults: {} as Record<string, number> }
+const totals = { seeds: 0, failed: 0, attempted: 0, acked: 0, lost: 0, unexpected: 0, resurrected: 0, deletesAcked: 0, reapedTombstones: 0, virtualMs: 0, faults: {} as Record<string, number> }
 const failedSeeds: number[] = []
 const t0 = wallNow()
 const cpu0 = process.cpuUsage()
@@ -83,6 +83,8 @@ for (const s of seeds) {
   totals.lost += r.lost
   totals.unexpected += r.unexpected
   totals.resurrected += r.resurrected
+  totals.deletesAcked += r.deletesAcked
+  totals.reapedTombstones += r.reapedTombstones
   totals.virtualMs += r.virtualMs
   for (const [k, v] of Object.entries(r.faults)) totals.faults[k] = (totals.faults[k] ?? 0) + v
   if (flags.has("log")) for (const l of r.log) process.stdout.write(`${l}\n`)
