@@ -8,7 +8,8 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { partitionOf, preferenceList, type Ring } from "../src/ring/Ring.ts"
-import { check, type WriteOp } from "./Checker.ts"
+import { prng } from "../engine/Prng.ts"
+import { check, elementsOf, type WriteOp } from "./Checker.ts"
 
 const root = path.resolve(import.meta.dirname, "..")
 
@@ -60,29 +61,10 @@ interface Proc {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** mulberry32: a small seeded generator. */
-export const rng = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 const req = async (url: string, init: RequestInit = {}, ms = 3000) => {
   const res = await fetch(url, { ...init, signal: AbortSignal.timeout(ms) })
   const body = await res.text()
   return { status: res.status, body, headers: res.headers }
-}
-
-/** The elements of a GET answer: the union over its siblings. */
-const elementsOf = (status: number, body: string): string[] => {
-  if (status === 200) return JSON.parse(body) as string[]
-  if (status === 300) return (JSON.parse(body).siblings as Array<{ value: string }>).flatMap((s) => JSON.parse(Buffer.from(s.value, "base64").toString()) as string[])
-  return []
 }
 
 /**
@@ -101,7 +83,7 @@ const probeNetns = (): string => {
 /** Runs one chaos run; every process it starts is killed and its directory removed before it returns. */
 export const runChaos = async (o: ChaosOptions): Promise<ChaosResult> => {
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`))
-  const random = rng(o.seed)
+  const random = prng(o.seed)
   const clientsN = o.clients ?? 8
   const keysN = o.keys ?? 12
   const base = o.basePort ?? 20000 + Math.floor(Math.random() * 500) * 8
@@ -198,7 +180,7 @@ export const runChaos = async (o: ChaosOptions): Promise<ChaosResult> => {
     let attempted = 0
     let ackedN = 0
     let running = true
-    const clientRandom = rng(o.seed ^ 0x5eed)
+    const clientRandom = prng(o.seed ^ 0x5eed)
     const client = async (c: number) => {
       for (let i = 0; running; i++) {
         const key = `set-${Math.floor(clientRandom() * keysN)}`

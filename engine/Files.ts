@@ -16,6 +16,7 @@ import { createRequire } from "node:module"
 import * as os from "node:os"
 import * as path from "node:path"
 import { Context, Layer } from "effect"
+import { prng } from "./Prng.ts"
 
 /** A held lock (see `FilesApi.tryLock`). Releasing twice is harmless. */
 export interface FileLock {
@@ -377,18 +378,6 @@ interface Flight {
   readonly resolve: () => void
   readonly reject: (e: unknown) => void
   held: boolean
-}
-
-/** mulberry32: small, fast, and the same everywhere. */
-const prng = (seed: number) => {
-  let a = seed >>> 0
-  return (): number => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 const newFile = (): MemInode => ({ kind: "file", data: Buffer.alloc(0), size: 0, durable: Buffer.alloc(0), durableSize: 0, dirty: new Map(), gen: 0, durableGen: 0 })

@@ -17,7 +17,8 @@ import { MemoryNetwork } from "../src/transport/MemoryNetwork.ts"
 import * as Dvv from "../src/versions/Dvv.ts"
 import * as Replica from "../src/replica/Replica.ts"
 import { defaultNodeConfig, SimNode, type SimNodeConfig } from "./SimNode.ts"
-import { EPOCH_MS, prng, Stalled, VirtualLoop, wallNow } from "./VirtualTime.ts"
+import { prng } from "../engine/Prng.ts"
+import { EPOCH_MS, Stalled, VirtualLoop, wallNow } from "./VirtualTime.ts"
 
 /** The fault kinds of the nemesis. */
 export const faultKinds = [

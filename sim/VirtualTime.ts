@@ -15,17 +15,7 @@
  * time with a stall report, hrtime and performance.now on the same clock) is most of the code.
  */
 
-/** mulberry32: a small seeded generator, uniform in [0, 1). */
-export const prng = (seed: number): (() => number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+import { prng } from "../engine/Prng.ts"
 
 /** The real globals, saved when this module loads (before any run replaces them). */
 const real = {

@@ -3,7 +3,8 @@
  * and Math.random on virtual time for a run only, and a stalled run reported as such.
  */
 import t from "tap"
-import { EPOCH_MS, prng, Stalled, VirtualLoop } from "../../sim/VirtualTime.ts"
+import { prng } from "../../engine/Prng.ts"
+import { EPOCH_MS, Stalled, VirtualLoop } from "../../sim/VirtualTime.ts"
 
 t.test("timers run in time order, then in the order set; clears and intervals hold", async (t) => {
   const loop = new VirtualLoop(1)
