@@ -202,6 +202,18 @@ const admin = (summary: string, description: string, schema: Schema): Schema => 
 const ops = (summary: string, schema: Schema): Schema => ({ summary, tags: ["operations"], ...schema })
 
 /** The routes Server.ts declares, by `METHOD url`. */
+/** A PUT or DELETE of /kv/:key: the same parameters and errors, a 204 with the new context. */
+const writeRoute = (summary: string, description: string, written: string) =>
+  kv(summary, description, {
+    params: KEY_PARAMS,
+    querystring: QUERY_SCHEMA,
+    headers: CONTEXT_HEADERS,
+    response: {
+      204: { type: "null", description: written, headers: { "x-context": CONTEXT } },
+      ...errorResponses(["unauthorized", "too_many_siblings", "value_too_large", "quorum_not_met", "not_joined", "storage_error", "timeout", "disk_full"])
+    }
+  })
+
 const ROUTES: Readonly<Record<string, RouteDoc>> = {
   "GET /kv/:key": {
     schema: kv("Read a key", "Asks the key's replicas and answers once `r` have. Query parameters: docs/api.md.", {
@@ -215,28 +227,12 @@ const ROUTES: Readonly<Record<string, RouteDoc>> = {
     })
   },
   "PUT /kv/:key": {
-    schema: kv("Write a key", "Stores the body as the key's value; with `X-Context`, replaces the versions it covers, else becomes a sibling.", {
-      params: KEY_PARAMS,
-      querystring: QUERY_SCHEMA,
-      headers: CONTEXT_HEADERS,
-      response: {
-        204: { type: "null", description: "written; `X-Context` is the new version's context", headers: { "x-context": CONTEXT } },
-        ...errorResponses(["unauthorized", "too_many_siblings", "value_too_large", "quorum_not_met", "not_joined", "storage_error", "timeout", "disk_full"])
-      }
-    }),
+    schema: writeRoute("Write a key", "Stores the body as the key's value; with `X-Context`, replaces the versions it covers, else becomes a sibling.", "written; `X-Context` is the new version's context"),
     body: { ...BINARY, description: "the value: raw bytes of any content type (stored and returned with it; none: application/octet-stream), up to --max-value-bytes" },
     consumes: ["*/*"]
   },
   "DELETE /kv/:key": {
-    schema: kv("Delete a key", "Stores a delete (tombstone) version; with `X-Context`, deletes what it covers and keeps concurrent writes as siblings.", {
-      params: KEY_PARAMS,
-      querystring: QUERY_SCHEMA,
-      headers: CONTEXT_HEADERS,
-      response: {
-        204: { type: "null", description: "deleted; `X-Context` is the delete's context", headers: { "x-context": CONTEXT } },
-        ...errorResponses(["unauthorized", "too_many_siblings", "value_too_large", "quorum_not_met", "not_joined", "storage_error", "timeout", "disk_full"])
-      }
-    })
+    schema: writeRoute("Delete a key", "Stores a delete (tombstone) version; with `X-Context`, deletes what it covers and keeps concurrent writes as siblings.", "deleted; `X-Context` is the delete's context")
   },
   "GET /ping": { schema: ops("Liveness", { response: { 200: text("`OK`"), ...errorResponses([]) } }) },
   "GET /health": {

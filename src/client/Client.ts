@@ -448,18 +448,14 @@ const connectionReason = (e: unknown): string => {
 
 const quorum = (v: number | "quorum" | "all"): string => String(v)
 
-const readQuery = (o: ReadOptions): URLSearchParams => {
+/** The query of a read (`r`) or a write (`w`): the quorum, sloppy and timeout when given. */
+const quorumQuery = (name: "r" | "w", count: number | "quorum" | "all" | undefined, o: { readonly sloppy?: boolean | undefined; readonly timeout?: number | undefined }): URLSearchParams => {
   const q = new URLSearchParams()
-  if (o.r !== undefined) q.set("r", quorum(o.r))
+  if (count !== undefined) q.set(name, quorum(count))
   if (o.sloppy !== undefined) q.set("sloppy", String(o.sloppy))
   if (o.timeout !== undefined) q.set("timeout", String(o.timeout))
   return q
 }
 
-const writeQuery = (o: WriteOptions): URLSearchParams => {
-  const q = new URLSearchParams()
-  if (o.w !== undefined) q.set("w", quorum(o.w))
-  if (o.sloppy !== undefined) q.set("sloppy", String(o.sloppy))
-  if (o.timeout !== undefined) q.set("timeout", String(o.timeout))
-  return q
-}
+const readQuery = (o: ReadOptions): URLSearchParams => quorumQuery("r", o.r, o)
+const writeQuery = (o: WriteOptions): URLSearchParams => quorumQuery("w", o.w, o)
