@@ -99,6 +99,16 @@ export class Engine extends Context.Service<Engine, {
   /** Damage found by recovery since this engine opened. */
   readonly damage: Effect.Effect<ReadonlyArray<DamageReport>>
   readonly reconfigure: (patch: LiveSettings) => Effect.Effect<void>
+  /**
+   * The per-request calls as plain functions, for the request path's fast lane (the Effect
+   * calls above are built on them): `read` throws an EngineError, `write` calls back once the
+   * record is durable per the fsync mode, `nextLsn` is `nextLsn`'s value now.
+   */
+  readonly now: {
+    readonly read: (key: string) => Entry | undefined
+    readonly write: (type: RecordType, key: string, partition: number, value: Uint8Array | undefined, meta: Uint8Array | undefined, cb: (err: EngineError | undefined, w: Written | undefined) => void) => void
+    readonly nextLsn: () => number
+  }
   /** The open log: for benchmarks and engine tests only; the node uses the calls above. */
   readonly log: Log
 }>()("tally/engine/Engine") {
@@ -160,6 +170,13 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
     )
   }
 
+  const readNow = (key: string): Entry | undefined => {
+    try {
+      return log.read(key)
+    } catch (e) {
+      throw toError(e)
+    }
+  }
   const append = (type: RecordType, key: string, partition: number, value: Uint8Array | undefined, meta: Uint8Array | undefined) =>
     Effect.callback<Written, EngineError>((resume) => {
       log.append(type, key, partition, value, meta, (err, w) => resume(err !== undefined ? Effect.fail(err) : Effect.succeed(w!)))
@@ -256,7 +273,7 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
   return Engine.of({
     put: (key, partition, value, meta) => append(RecordType.Put, key, partition, value, meta),
     remove: (key, partition, meta) => append(RecordType.Tombstone, key, partition, undefined, meta),
-    get: (key) => Effect.try({ try: () => Option.fromNullishOr(log.read(key)), catch: toError }),
+    get: (key) => Effect.try({ try: () => Option.fromNullishOr(readNow(key)), catch: (e) => e as EngineError }),
     contentHash: (key) => Effect.sync(() => Option.fromNullishOr(log.contentHash(key))),
     scanPartition,
     tree: (partition) => Effect.sync(() => log.index.trees.branches(partition)),
@@ -274,6 +291,11 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
     stats: Effect.sync(() => log.snapshotStats()),
     damage: Effect.sync(() => log.damage.slice()),
     reconfigure: (patch) => Effect.sync(() => log.reconfigure(patch)),
+    now: {
+      read: readNow,
+      write: (type, key, partition, value, meta, cb) => log.append(type, key, partition, value, meta, cb),
+      nextLsn: () => log.nextLsn
+    },
     log
   })
 })

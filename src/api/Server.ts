@@ -7,7 +7,8 @@
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify"
 import { Cause, Effect, Exit } from "effect"
-import type { Coordinator } from "../coordinator/Coordinator.ts"
+import type { Coordinator, ReadResult } from "../coordinator/Coordinator.ts"
+import type { Coordinated } from "../replica/Replica.ts"
 import { DEFAULTS } from "../config/Settings.ts"
 import { ApiError, apiError } from "../Errors.ts"
 import type { Metrics } from "../metrics/Metrics.ts"
@@ -26,6 +27,8 @@ export interface ApiDeps {
   readonly nodeId: string
   /** Runs a coordinator effect (the node's runtime). */
   readonly run: <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) => Promise<Exit.Exit<A, ApiError>>
+  /** The coordinator's fast lane (Coordinator.local), tried before `run`; absent: always `run`. */
+  readonly local?: Coordinator["Service"]["local"] | undefined
   /** Current request defaults and limits (live settings). */
   readonly settings: () => RequestDefaults & { readonly maxValueBytes: number }
   readonly metrics: Metrics
@@ -225,7 +228,14 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     if (key instanceof ApiError) return sendError(reply, key)
     const q = parseQuorum("r", req.query, deps.settings())
     if (q instanceof ApiError) return sendError(reply, q)
-    const res = await call(reply, (c) => c.get(key, q))
+    let res: ReadResult | undefined
+    try {
+      res = deps.local?.get(key)
+    } catch (e) {
+      if (e instanceof ApiError) return sendError(reply, e)
+      throw e
+    }
+    res ??= await call(reply, (c) => c.get(key, q))
     if (res === undefined) return reply
     const o = res.object
     if (o === undefined) return sendError(reply, apiError("not_found", `no value for key ${JSON.stringify(key)}`))
@@ -258,7 +268,20 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     if (contentType instanceof ApiError) return sendError(reply, contentType)
     const body = deleted ? Buffer.alloc(0) : ((req.body as Buffer | undefined) ?? Buffer.alloc(0))
     const sibling: Sibling = { value: body, contentType, lastModified: Date.now(), deleted }
-    const res = await call(reply, (c) => c.put(key, context, sibling, q))
+    const fast = deps.local?.put(key, context, sibling)
+    let res: Coordinated | undefined
+    if (fast === undefined) res = await call(reply, (c) => c.put(key, context, sibling, q))
+    else {
+      try {
+        const r = await fast
+        // The replica's Effect path logs this warning itself; the fast lane has no logger there.
+        if (r.warn) req.log.warn(`key ${JSON.stringify(key)} has ${Dvv.size(r.object)} siblings; clients should resolve them`)
+        res = r
+      } catch (e) {
+        if (e instanceof ApiError) return sendError(reply, e)
+        throw e
+      }
+    }
     if (res === undefined) return reply
     const n = Dvv.size(res.object)
     deps.metrics.object(n, res.bytes)

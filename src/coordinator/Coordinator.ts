@@ -93,6 +93,15 @@ export class Coordinator extends Context.Service<Coordinator, {
   readonly deliver: (owner: string, records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>) => Effect.Effect<void, unknown>
   /** Answers a data message from another node. */
   readonly handle: (from: string, msg: DataMessage) => Effect.Effect<DataReply>
+  /**
+   * The fast lane, plain functions with no fiber, for a key whose only replica is this node
+   * (a cluster of one): undefined when it does not apply (then `get` or `put` answers).
+   * `get` throws an ApiError; `put` rejects with one.
+   */
+  readonly local: {
+    readonly get: (key: string) => ReadResult | undefined
+    readonly put: (key: string, context: Dvv.Context, sibling: Sibling) => Promise<Coordinated & { readonly warn: boolean }> | undefined
+  }
 }>()("tally/coordinator/Coordinator") {
   static readonly layer = (config: CoordinatorConfig) => Layer.effect(Coordinator, make(config))
 }
@@ -239,6 +248,18 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
     return { prefs, sets, replicas, walk: ringWalk(ring, p) }
   }
   const usable = (id: string) => id === self || membership.status(id) !== "down"
+
+  /**
+   * Whether this node is the key's one replica, now and in the next ring: then a read or a
+   * write needs no other node, whatever r or w (each set's quorum is min(count, 1)), no
+   * fallback, hedge, timer or repair, and the fast lane serves it.
+   */
+  const alone = (key: string): boolean => {
+    if (!membership.joined()) return false
+    const ring = membership.ring()
+    const sets = quorumSets(ring, membership.nextRing(), partitionOf(key, ring.partitions), config.n)
+    return sets.every((s) => s.length === 1 && s[0] === self)
+  }
 
   /**
    * One data message to `id`, answered within `timeoutMs`. A node that is a ring member but
@@ -545,6 +566,13 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
   return Coordinator.of({
     get,
     put,
+    local: {
+      get: (key) => {
+        if (!alone(key)) return undefined
+        return { object: replica.now.readEncoded(key)?.object, replies: 1 }
+      },
+      put: (key, context, sibling) => (alone(key) ? replica.now.coordinate(key, context, sibling) : undefined)
+    },
     handle,
     deliver,
     stats: () => stats,

@@ -232,6 +232,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     maxRequestsInFlight: settings.maxRequestsInFlight,
     metrics,
     run,
+    local: coordinatorService.local,
     settings: () => ({ n: settings.n, r: live.r, w: live.w, timeoutMs: DEFAULT_TIMEOUT_MS, maxValueBytes: live.maxValueBytes }),
     health: () => {
       const s = Effect.runSync(engineService.stats)

@@ -32,7 +32,22 @@ export class KeyLocks {
     })
   }
 
-  private release(key: string): void {
+  /**
+   * Takes the lock of `key` for a plain (non-Effect) caller: undefined when it was free and is
+   * now held, else a promise that resolves once it is, in arrival order. Give it back with
+   * `release`, whatever happens.
+   */
+  acquireNow(key: string): Promise<void> | undefined {
+    const q = this.queues.get(key)
+    if (q === undefined) {
+      this.queues.set(key, [])
+      return undefined
+    }
+    return new Promise<void>((resolve) => q.push(resolve))
+  }
+
+  /** Gives back the lock of `key`: the next waiter, if any, has it. */
+  release(key: string): void {
     const q = this.queues.get(key)
     if (q === undefined) return
     const next = q.shift()

@@ -9,7 +9,8 @@
 import { Context, Effect, Layer, Option, Random } from "effect"
 import { Engine } from "../../engine/Engine.ts"
 import type { EngineError } from "../../engine/Errors.ts"
-import { apiError, fromEngineError, type ApiError } from "../Errors.ts"
+import { ApiError, apiError, fromEngineError } from "../Errors.ts"
+import { RecordType } from "../../engine/Record.ts"
 import * as Dvv from "../versions/Dvv.ts"
 import { allDeleted, decodeObject, encodeObject, objectBytes, type Sibling, type StoredObject } from "../versions/Sibling.ts"
 import { partitionOf } from "../ring/Ring.ts"
@@ -72,6 +73,15 @@ export class Replica extends Context.Service<Replica, {
   /** The object and the bytes it is stored as (a read compares replicas by their bytes). */
   readonly readEncoded: (key: string) => Effect.Effect<Encoded | undefined, ApiError>
   readonly coordinate: (key: string, context: Dvv.Context, sibling: Sibling) => Effect.Effect<Coordinated, ApiError>
+  /**
+   * `readEncoded` and `coordinate` as plain functions, for the request path's fast lane (the
+   * Effect calls are built on them): `readEncoded` throws an ApiError, `coordinate` rejects
+   * with one. `coordinate`'s result says whether the key has reached the sibling warning.
+   */
+  readonly now: {
+    readonly readEncoded: (key: string) => Encoded | undefined
+    readonly coordinate: (key: string, context: Dvv.Context, sibling: Sibling) => Promise<Coordinated & { readonly warn: boolean }>
+  }
   readonly merge: (key: string, incoming: StoredObject) => Effect.Effect<Stored, ApiError>
 }>()("tally/replica/Replica") {
   /** The replica over the Engine in context. */
@@ -90,19 +100,20 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
   const locks = new KeyLocks()
   const mapEngine = (e: EngineError) => fromEngineError(e)
 
-  const readEncoded = (key: string): Effect.Effect<Encoded | undefined, ApiError> =>
-    engine.get(key).pipe(
-      Effect.mapError(mapEngine),
-      Effect.flatMap((found) => {
-        if (Option.isNone(found)) return Effect.succeed(undefined)
-        const e = found.value
-        const bytes = objectBytes(e)
-        const object = decodeObject(bytes)
-        return object === undefined
-          ? Effect.fail(apiError("storage_error", `the stored object of key ${JSON.stringify(key)} is not readable`))
-          : Effect.succeed({ object, bytes })
-      })
-    )
+  const readEncodedNow = (key: string): Encoded | undefined => {
+    let found
+    try {
+      found = engine.now.read(key)
+    } catch (e) {
+      throw mapEngine(e as EngineError)
+    }
+    if (found === undefined) return undefined
+    const bytes = objectBytes(found)
+    const object = decodeObject(bytes)
+    if (object === undefined) throw apiError("storage_error", `the stored object of key ${JSON.stringify(key)} is not readable`)
+    return { object, bytes }
+  }
+  const readEncoded = (key: string): Effect.Effect<Encoded | undefined, ApiError> => Effect.try({ try: () => readEncodedNow(key), catch: (e) => e as ApiError })
   const readNow = (key: string) => readEncoded(key).pipe(Effect.map((r) => r?.object))
 
   const store = (key: string, o: StoredObject, bytes: Uint8Array) => {
@@ -110,29 +121,57 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
     return (allDeleted(o) ? engine.remove(key, p, bytes) : engine.put(key, p, bytes)).pipe(Effect.mapError(mapEngine))
   }
 
-  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling) =>
-    locks.with(key, Effect.gen(function*() {
+  /** Stores `o` as the key's record (a tombstone when every version is a delete); resolves once durable. */
+  const storeNow = (key: string, o: StoredObject, bytes: Uint8Array) =>
+    new Promise<void>((resolve, reject) => {
+      const deleted = allDeleted(o)
+      engine.now.write(deleted ? RecordType.Tombstone : RecordType.Put, key, partitionOf(key, config.partitions), deleted ? undefined : bytes, deleted ? bytes : undefined, (err) =>
+        err === undefined ? resolve() : reject(mapEngine(err)))
+    })
+
+  /** The new version of a coordinated write over `local`, checked against the limits. */
+  const newVersion = (key: string, local: StoredObject, context: Dvv.Context, sibling: Sibling) => {
+    const updated = Dvv.prune(Dvv.update(local, context, actor, sibling), config.maxVectorEntries)
+    // Only a context or object built to overflow gets here; refused, so encoding never throws.
+    if (Dvv.exhausted(updated)) {
+      throw apiError("bad_request", `key ${JSON.stringify(key)}: this write would take a version counter past ${Dvv.MAX_COUNTER}; its X-Context claims more writes than can exist`)
+    }
+    const n = Dvv.size(updated)
+    if (n > config.siblingMax) {
+      throw apiError("too_many_siblings", `key ${JSON.stringify(key)} would have ${n} siblings (limit ${config.siblingMax}); read it and write back one value with its X-Context to resolve them`)
+    }
+    const bytes = encodeObject(updated)
+    if (bytes.length > config.maxObjectBytes) {
+      throw apiError("value_too_large", `key ${JSON.stringify(key)} would be ${bytes.length} bytes with its ${n} siblings (limit ${config.maxObjectBytes}); resolve siblings or write a smaller value`)
+    }
+    return { updated, bytes, n }
+  }
+
+  /**
+   * A coordinated write, holding the key's lock for the whole read-modify-write. Once begun
+   * it runs to its end: an Effect caller that is interrupted stops waiting for it, not it.
+   */
+  const coordinateNow = async (key: string, context: Dvv.Context, sibling: Sibling): Promise<Coordinated & { readonly warn: boolean }> => {
+    const wait = locks.acquireNow(key)
+    if (wait !== undefined) await wait
+    try {
       // A key with no record here (new, or its tombstone was reaped) starts its counter above
       // this node's LSN: every dot this node made for the key before had a lower counter, so
       // a reaped key can never reuse a dot another replica still remembers.
-      const local = (yield* readNow(key)) ?? { entries: [], floor: yield* engine.nextLsn }
-      const updated = Dvv.prune(Dvv.update(local, context, actor, sibling), config.maxVectorEntries)
-      // Only a context or object built to overflow gets here; refused, so encoding never throws.
-      if (Dvv.exhausted(updated)) {
-        return yield* apiError("bad_request", `key ${JSON.stringify(key)}: this write would take a version counter past ${Dvv.MAX_COUNTER}; its X-Context claims more writes than can exist`)
-      }
-      const n = Dvv.size(updated)
-      if (n > config.siblingMax) {
-        return yield* apiError("too_many_siblings", `key ${JSON.stringify(key)} would have ${n} siblings (limit ${config.siblingMax}); read it and write back one value with its X-Context to resolve them`)
-      }
-      if (n >= config.siblingWarn) yield* Effect.logWarning(`key ${JSON.stringify(key)} has ${n} siblings; clients should resolve them`)
-      const bytes = encodeObject(updated)
-      if (bytes.length > config.maxObjectBytes) {
-        return yield* apiError("value_too_large", `key ${JSON.stringify(key)} would be ${bytes.length} bytes with its ${n} siblings (limit ${config.maxObjectBytes}); resolve siblings or write a smaller value`)
-      }
-      yield* store(key, updated, bytes)
-      return { object: updated, bytes: bytes.length, context: Dvv.writeContext(updated, context, actor) }
-    }))
+      const local = readEncodedNow(key)?.object ?? { entries: [], floor: engine.now.nextLsn() }
+      const { updated, bytes, n } = newVersion(key, local, context, sibling)
+      await storeNow(key, updated, bytes)
+      return { object: updated, bytes: bytes.length, context: Dvv.writeContext(updated, context, actor), warn: n >= config.siblingWarn }
+    } finally {
+      locks.release(key)
+    }
+  }
+
+  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling): Effect.Effect<Coordinated, ApiError> =>
+    Effect.tryPromise({ try: () => coordinateNow(key, context, sibling), catch: (e) => (e instanceof ApiError ? e : apiError("storage_error", `the write of key ${JSON.stringify(key)} failed: ${String(e)}`)) }).pipe(
+      Effect.tap((r) => (r.warn ? Effect.logWarning(`key ${JSON.stringify(key)} has ${Dvv.size(r.object)} siblings; clients should resolve them`) : Effect.void)),
+      Effect.map(({ warn: _, ...res }) => res)
+    )
 
   const merge = (key: string, incoming: StoredObject) =>
     locks.with(key, Effect.gen(function*() {
@@ -149,6 +188,7 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
     read: (key) => readNow(key).pipe(Effect.map(Option.fromNullishOr)),
     readEncoded,
     coordinate,
-    merge
+    merge,
+    now: { readEncoded: readEncodedNow, coordinate: coordinateNow }
   })
 })
