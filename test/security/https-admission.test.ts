@@ -11,7 +11,10 @@ import * as os from "node:os"
 import * as path from "node:path"
 import t from "tap"
 import { readHttpsFiles } from "../../src/api/Https.ts"
-import { testNode } from "../api/helpers.ts"
+import { assembleNode, type AssembledNode } from "../../src/node/Node.ts"
+import { MemoryNetwork } from "../../src/transport/Transport.ts"
+import { quiet, testNode, testSettings } from "../api/helpers.ts"
+import { eventually } from "../cluster/harness.ts"
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tally-https-"))
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
@@ -89,16 +92,30 @@ t.test("--max-requests-in-flight: past it, 503 with Retry-After; probes still an
 })
 
 t.test("--max-read-repairs: past it a GET skips its repair, counted; the read itself is served", async (t) => {
-  const metric = async (app: Awaited<ReturnType<typeof testNode>>["app"]) =>
+  // Two nodes, so a key has two replicas and a read has a repair to run (a cluster of one has
+  // none: its reads take the fast lane).
+  const pair = async (maxReadRepairs?: number) => {
+    const network = new MemoryNetwork()
+    const extra = maxReadRepairs === undefined ? {} : { maxReadRepairs }
+    const nodes = [
+      await assembleNode(testSettings({ id: "r1", data: "/data/r1", ...extra }), { memory: true, network, logStream: quiet() }),
+      await assembleNode(testSettings({ id: "r2", data: "/data/r2", ...extra }), { memory: true, network, logStream: quiet(), seedIds: ["r1"] })
+    ]
+    t.teardown(() => Promise.all(nodes.map((n) => n.close())))
+    await eventually("a ring of two, both up", async () => {
+      const vs = await Promise.all(nodes.map(async (n) => (await n.app.inject({ method: "GET", url: "/admin/cluster" })).json() as { nodes: Array<{ status: string }>; settled: boolean }))
+      return vs.every((v) => v.settled && v.nodes.length === 2 && v.nodes.every((m) => m.status === "up")) ? true : undefined
+    })
+    return nodes[0]!
+  }
+  const metric = async (app: AssembledNode["app"]) =>
     Number(/tally_limit_hits_total\{limit="read_repairs"\} (\d+)/.exec((await app.inject({ method: "GET", url: "/metrics" })).body)?.[1] ?? 0)
-  const none = await testNode({ maxReadRepairs: 0 })
-  t.teardown(() => none.close())
-  t.equal((await none.app.inject({ method: "PUT", url: "/kv/a", payload: "x" })).statusCode, 204)
+  const none = await pair(0)
+  t.equal((await none.app.inject({ method: "PUT", url: "/kv/a?w=2", payload: "x" })).statusCode, 204)
   for (let i = 0; i < 3; i++) t.equal((await none.app.inject({ method: "GET", url: "/kv/a" })).statusCode, 200)
   t.equal(await metric(none.app), 3, "three repairs skipped and counted")
-  const some = await testNode()
-  t.teardown(() => some.close())
-  t.equal((await some.app.inject({ method: "PUT", url: "/kv/a", payload: "x" })).statusCode, 204)
+  const some = await pair()
+  t.equal((await some.app.inject({ method: "PUT", url: "/kv/a?w=2", payload: "x" })).statusCode, 204)
   for (let i = 0; i < 3; i++) t.equal((await some.app.inject({ method: "GET", url: "/kv/a" })).statusCode, 200)
   t.equal(await metric(some.app), 0, "with the default bound none is skipped")
 })
