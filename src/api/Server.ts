@@ -8,7 +8,7 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify"
 import { Cause, Effect, Exit } from "effect"
 import type { Coordinator, ReadResult } from "../coordinator/Coordinator.ts"
-import type { Coordinated } from "../replica/Replica.ts"
+import { siblingWarning, type Coordinated } from "../replica/Replica.ts"
 import { DEFAULTS } from "../config/Settings.ts"
 import { ApiError, apiError } from "../Errors.ts"
 import type { Metrics } from "../metrics/Metrics.ts"
@@ -275,7 +275,7 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
       try {
         const r = await fast
         // The replica's Effect path logs this warning itself; the fast lane has no logger there.
-        if (r.warn) req.log.warn(`key ${JSON.stringify(key)} has ${Dvv.size(r.object)} siblings; clients should resolve them`)
+        if (r.warn) req.log.warn(siblingWarning(key, r.object))
         res = r
       } catch (e) {
         if (e instanceof ApiError) return sendError(reply, e)

@@ -88,6 +88,9 @@ export class Replica extends Context.Service<Replica, {
   static readonly layer = (config: ReplicaConfig) => Layer.effect(Replica, make(config))
 }
 
+/** The warning logged when a write leaves a key at the sibling warning or beyond. */
+export const siblingWarning = (key: string, o: StoredObject): string => `key ${JSON.stringify(key)} has ${Dvv.size(o)} siblings; clients should resolve them`
+
 /** Builds the replica service over the Engine. */
 export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
   const engine = yield* Engine
@@ -116,11 +119,6 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
   const readEncoded = (key: string): Effect.Effect<Encoded | undefined, ApiError> => Effect.try({ try: () => readEncodedNow(key), catch: (e) => e as ApiError })
   const readNow = (key: string) => readEncoded(key).pipe(Effect.map((r) => r?.object))
 
-  const store = (key: string, o: StoredObject, bytes: Uint8Array) => {
-    const p = partitionOf(key, config.partitions)
-    return (allDeleted(o) ? engine.remove(key, p, bytes) : engine.put(key, p, bytes)).pipe(Effect.mapError(mapEngine))
-  }
-
   /** Stores `o` as the key's record (a tombstone when every version is a delete); resolves once durable. */
   const storeNow = (key: string, o: StoredObject, bytes: Uint8Array) =>
     new Promise<void>((resolve, reject) => {
@@ -128,6 +126,8 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
       engine.now.write(deleted ? RecordType.Tombstone : RecordType.Put, key, partitionOf(key, config.partitions), deleted ? undefined : bytes, deleted ? bytes : undefined, (err) =>
         err === undefined ? resolve() : reject(mapEngine(err)))
     })
+  const store = (key: string, o: StoredObject, bytes: Uint8Array): Effect.Effect<void, ApiError> =>
+    Effect.tryPromise({ try: () => storeNow(key, o, bytes), catch: (e) => e as ApiError })
 
   /** The new version of a coordinated write over `local`, checked against the limits. */
   const newVersion = (key: string, local: StoredObject, context: Dvv.Context, sibling: Sibling) => {
@@ -169,7 +169,7 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
 
   const coordinate = (key: string, context: Dvv.Context, sibling: Sibling): Effect.Effect<Coordinated, ApiError> =>
     Effect.tryPromise({ try: () => coordinateNow(key, context, sibling), catch: (e) => (e instanceof ApiError ? e : apiError("storage_error", `the write of key ${JSON.stringify(key)} failed: ${String(e)}`)) }).pipe(
-      Effect.tap((r) => (r.warn ? Effect.logWarning(`key ${JSON.stringify(key)} has ${Dvv.size(r.object)} siblings; clients should resolve them`) : Effect.void)),
+      Effect.tap((r) => (r.warn ? Effect.logWarning(siblingWarning(key, r.object)) : Effect.void)),
       Effect.map(({ warn: _, ...res }) => res)
     )
 
