@@ -139,12 +139,17 @@ export class KeyIndex {
     this.write(s, segment, offset, size, lsn, tombstone, partition, hashHi, hashLo)
   }
 
-  /** Moves `key` to a copy of its record elsewhere (compaction), keeping everything else. */
-  move(key: string, segment: number, offset: number): void {
+  /**
+   * Moves `key` to a copy of its record elsewhere (compaction), keeping everything else, if
+   * the index still holds the record of LSN `lsn` for it (a newer write wins over the copy);
+   * one Map lookup. Returns whether it moved.
+   */
+  moveIfAt(key: string, lsn: number, segment: number, offset: number): boolean {
     const s = this.map.get(key)
-    if (s === undefined) return
+    if (s === undefined || this.lsns[s] !== lsn) return false
     this.seg[s] = segment
     this.off[s] = offset
+    return true
   }
 
   /** Segment of the record the last successful `replaceIfNewer` displaced, or -1 if none. */
@@ -196,6 +201,28 @@ export class KeyIndex {
   /** Every (key, location), in no particular order. */
   *entries(): IterableIterator<[string, Location]> {
     for (const [key, s] of this.map) yield [key, this.at(s)]
+  }
+
+  /**
+   * The entries whose record is in one of `segments` (what a compaction copies), walking the
+   * index once and handing them out in batches, one per `step` entries walked, so the caller
+   * can yield between batches (a million keys take a few hundred milliseconds to walk).
+   * Changes between batches are safe as for `keysIn`; an entry is a snapshot of its location.
+   */
+  *locationsIn(segments: ReadonlySet<number>, step: number): Generator<Array<{ key: string } & Omit<Location, "hash">>> {
+    let batch: Array<{ key: string } & Omit<Location, "hash">> = []
+    let walked = 0
+    for (const [key, s] of this.map) {
+      if (segments.has(this.seg[s]!)) {
+        const len = this.len[s]!
+        batch.push({ key, segment: this.seg[s]!, offset: this.off[s]!, size: len & SIZE, lsn: this.lsns[s]!, tombstone: len >= TOMB, partition: this.part[s]! })
+      }
+      if (++walked % step === 0) {
+        yield batch
+        batch = []
+      }
+    }
+    if (batch.length > 0) yield batch
   }
 
   /** The keys of one partition, in no particular order (a snapshot: an array). */

@@ -124,8 +124,8 @@ export const trimSegment = async (files: FilesApi, seg: Segment): Promise<void> 
   seg.allocated = seg.size
 }
 
-/** Closes and unlinks a segment and its hint (absent ones are fine). */
-export const unlinkSegment = (files: FilesApi, dir: string, seg: Segment): void => {
+/** Unlinks a segment and its hint (absent ones are fine); its descriptor is the caller's to close. */
+const unlinkSegmentFiles = (files: FilesApi, dir: string, seg: Segment): void => {
   seg.removed = true
   for (const f of [seg.file, path.join(dir, hintName(seg.id))]) {
     try {
@@ -134,5 +134,16 @@ export const unlinkSegment = (files: FilesApi, dir: string, seg: Segment): void 
       // absent hint
     }
   }
+}
+
+/** Closes and unlinks a segment and its hint (absent ones are fine). */
+export const unlinkSegment = (files: FilesApi, dir: string, seg: Segment): void => {
+  unlinkSegmentFiles(files, dir, seg)
   files.close(seg.fd)
+}
+
+/** `unlinkSegment`, closing the descriptor off the event loop (compaction drops many at once). */
+export const unlinkSegmentAsync = async (files: FilesApi, dir: string, seg: Segment): Promise<void> => {
+  unlinkSegmentFiles(files, dir, seg)
+  await files.closeAsync(seg.fd)
 }

@@ -124,3 +124,84 @@ t.test("segments stay in LSN order after compaction", async (t) => {
   }
   await log.close()
 })
+
+t.test("compaction's passes over the index take many turns; writes and reads between them stay right", async (t) => {
+  // More keys than several turns' worth (4,096 records a turn), written out of key order
+  // and overwritten in another order, so the index's order is not the LSN order.
+  const N = 12_000
+  const memory = makeMemoryFiles()
+  let phase: "before" | "copying" | "swapping" | "after" = "before"
+  // The copy starts when the first output (<id>.seg.tmp) is made.
+  const files = { ...memory, open: (file: string, create: boolean) => {
+    if (file.endsWith(".seg.tmp") && phase === "before") phase = "copying"
+    return memory.open(file, create)
+  } }
+  const turns = { before: 0, copying: 0, swapping: 0, after: 0 }
+  let hook: () => Promise<void> = async () => {}
+  const log = openLog(files, DIR, {
+    maxSegmentBytes: 64 * 1024,
+    compactBytesPerSecond: 0,
+    sleep: async () => {
+      turns[phase]++
+      await hook()
+    }
+  })
+  const want = new Map<string, string>()
+  const order = Array.from({ length: N }, (_, i) => (i * 7919) % N)
+  for (const i of order) {
+    want.set(`k${i}`, `first-${i}`)
+    await put(log, `k${i}`, `first-${i}`)
+  }
+  for (const i of order.slice(0, N / 2).reverse()) {
+    want.set(`k${i}`, `second-${i}`)
+    await put(log, `k${i}`, `second-${i}`)
+  }
+  let n = 0
+  let checked = 0
+  hook = async () => {
+    // A read of a sample of keys, then an overwrite, between two turns of the compaction.
+    for (let j = 0; j < 50; j++) {
+      const k = `k${(n * 131 + j * 977) % N}`
+      if (valueOf(log, k) === want.get(k)) checked++
+      else t.fail(`${k} read ${valueOf(log, k)} in phase ${phase}, want ${want.get(k)}`)
+    }
+    const k = `k${(n++ * 4099) % N}`
+    want.set(k, `during-${phase}-${n}`)
+    await put(log, k, `during-${phase}-${n}`)
+  }
+  const inputs = selectInputs(log, true)
+  t.ok(inputs.length > 5, `${inputs.length} sealed inputs`)
+  const r = await compact(log, inputs, () => false, {
+    afterRename: () => void (phase = "swapping"),
+    beforeUnlink: () => void (phase = "after")
+  })
+  hook = async () => {}
+  t.ok(r, "compacted")
+  // Finding the live records and sorting them: at least one turn per 4,096 keys walked.
+  t.ok(turns.before >= 3, `${turns.before} turns before the copy made its first output`)
+  // The index swap, after the commit point: a turn per 4,096 records moved.
+  t.ok(turns.swapping >= 2, `${turns.swapping} turns while the index was swapped`)
+  t.ok(checked > 500, `${checked} reads between turns, every one right`)
+  for (const [k, v] of want) if (valueOf(log, k) !== v) t.fail(`${k}: ${valueOf(log, k)}, want ${v}`)
+  // Each output is in LSN order (the cursor's k-way merge relies on it).
+  const bySeg = new Map<number, Array<[number, number]>>()
+  for (const [, l] of log.index.entries()) {
+    if (!r!.outputs.includes(l.segment)) continue
+    if (!bySeg.has(l.segment)) bySeg.set(l.segment, [])
+    bySeg.get(l.segment)!.push([l.offset, l.lsn])
+  }
+  let ordered = true
+  for (const rows of bySeg.values()) {
+    rows.sort((a, b) => a[0] - b[0])
+    for (let i = 1; i < rows.length; i++) if (rows[i]![1] <= rows[i - 1]![1]) ordered = false
+  }
+  t.ok(bySeg.size > 1 && ordered, `${bySeg.size} outputs, each in LSN order`)
+  // And after a crash, the same values.
+  log.abandonForTest()
+  memory.crash()
+  const reopened = openLog(memory, DIR)
+  let same = 0
+  for (const [k, v] of want) if (valueOf(reopened, k) === v) same++
+  t.equal(same, want.size, "every value after a crash and restart")
+  await reopened.close()
+})
