@@ -8,6 +8,10 @@
  * Per-node autocannon instances report their own percentiles; the cluster's figure is the
  * worst of the three (a conservative reading, as summaries cannot be merged exactly).
  *
+ * A second 3-node cluster with `--cluster-secret-file` (internode TLS 1.3 PSK) is measured
+ * at full speed right after the plain one, and the plain cluster's PUT once more after it,
+ * so the TLS / plain ratio compares cases seconds apart (target: PUT >= 0.85).
+ *
  * Options: --seconds S per case (10), --connections C in all (96), --keys K preloaded (10000).
  */
 import * as fs from "node:fs"
@@ -51,7 +55,34 @@ for (let tries = 0; tries < 100; tries++) {
   await new Promise((r) => setTimeout(r, 200))
 }
 const cluster = await measure("3-node cluster", nodes.map((n) => n.url))
-await stopServers(nodes)
+
+/** Starts a 3-node cluster on ports base+1..base+3 and waits until every node sees all three up. */
+const startCluster = async (base: number, prefix: string, extra: string[]) => {
+  const c1 = await node(`${prefix}1`, base + 1, tmp, extra)
+  const others = await Promise.all([2, 3].map((i) => node(`${prefix}${i}`, base + i, tmp, ["--seeds", `127.0.0.1:${base + 1}`, ...extra])))
+  const all = [c1, ...others]
+  for (let tries = 0; tries < 100; tries++) {
+    const views = await Promise.all(all.map(async (n) => (await fetch(`${n.url}/admin/cluster`)).json() as Promise<{ nodes: Array<{ status: string }> }>))
+    if (views.every((v) => v.nodes.length === 3 && v.nodes.every((m) => m.status === "up"))) return all
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  await stopServers(all)
+  throw new Error(`the ${prefix} cluster did not form in 20 s`)
+}
+const secretFile = path.join(tmp, "cluster-secret")
+fs.writeFileSync(secretFile, "perf/cluster.ts cluster secret, not for production\n", { mode: 0o600 })
+const tlsNodes = await startCluster(9320, "t", ["--cluster-secret-file", secretFile])
+const tlsUrls = tlsNodes.map((n) => n.url)
+log(`3-node cluster with TLS: preloading ${o.keys} keys`)
+await preload(tlsUrls[0]!, o.keys)
+await load(tlsUrls, "GET", { ...o, seconds: 2 })
+log(`3-node cluster with TLS: GET ${o.seconds} s`)
+const tlsGet = await load(tlsUrls, "GET", o)
+log(`3-node cluster with TLS: PUT ${o.seconds} s`)
+const tlsPut = await load(tlsUrls, "PUT", o)
+log(`3-node cluster: PUT ${o.seconds} s again`)
+const putAgain = await load(nodes.map((n) => n.url), "PUT", o)
+await stopServers([...nodes, ...tlsNodes])
 fs.rmSync(tmp, { recursive: true, force: true })
 
 console.log(header)
@@ -61,14 +92,25 @@ console.log(row("cluster GET (r=2)", cluster.get))
 console.log(row("cluster PUT (w=2)", cluster.put))
 console.log(row("cluster GET at half peak", cluster.getHalf))
 console.log(row("cluster PUT at half peak", cluster.putHalf))
+console.log(row("cluster PUT (w=2), again", putAgain))
+console.log(row("TLS cluster GET (r=2)", tlsGet))
+console.log(row("TLS cluster PUT (w=2)", tlsPut))
+const plainPut = (cluster.put.rps + putAgain.rps) / 2
+// A case with errors measured failures, not the cluster: no ratio from it.
+const clean = (c: { rps: number; errors: number }) => (c.errors === 0 ? c.rps : Number.NaN)
+const ratioTlsPut = clean(tlsPut) / plainPut
+const ratioTlsGet = clean(tlsGet) / cluster.get.rps
+console.log(`TLS / plain: PUT ${ratioTlsPut.toFixed(2)} (against the mean of the two plain PUT runs; target >= 0.85), GET ${ratioTlsGet.toFixed(2)}`)
 const ratioPut = cluster.put.rps / single.put.rps
 const ratioGet = cluster.get.rps / single.get.rps
 console.log(`cluster/single: PUT ${ratioPut.toFixed(2)} (target >= 0.35), GET ${ratioGet.toFixed(2)}; p99 at half peak: GET ${cluster.getHalf.p99} ms, PUT ${cluster.putHalf.p99} ms (target < 25)`)
 console.log(JSON.stringify({
   bench: "cluster",
   n: 3, r: 2, w: 2, fsync: "batch", connections: o.connections, seconds: o.seconds,
-  single, cluster,
+  single, cluster, cluster_put_again: putAgain, tls: { get: tlsGet, put: tlsPut },
   ratio_put: ratioPut,
   ratio_get: ratioGet,
-  targets_met: { put_ratio: ratioPut >= 0.35, p99_half_peak: cluster.getHalf.p99 < 25 && cluster.putHalf.p99 < 25 }
+  ratio_tls_put: ratioTlsPut,
+  ratio_tls_get: ratioTlsGet,
+  targets_met: { put_ratio: ratioPut >= 0.35, p99_half_peak: cluster.getHalf.p99 < 25 && cluster.putHalf.p99 < 25, tls_put_ratio: ratioTlsPut >= 0.85 }
 }))
