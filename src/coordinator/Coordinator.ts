@@ -76,6 +76,8 @@ export interface CoordinatorStats {
   forwardedWrites: number
   /** Requests that missed their quorum (503 or 504), by operation. */
   quorumFailures: { get: number; put: number }
+  /** Hinted copies refused because their owner is not a member of this node's ring (issue 11). */
+  hintsRefused: number
 }
 
 /** Coordinates client requests and serves other coordinators' replica operations. */
@@ -232,7 +234,7 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
   const transport = yield* Transport
   const handoff = yield* Handoff
   const self = membership.self.id
-  const stats: CoordinatorStats = { fallbackWrites: 0, readRepairs: 0, readRepairsDropped: 0, forwardedWrites: 0, quorumFailures: { get: 0, put: 0 } }
+  const stats: CoordinatorStats = { fallbackWrites: 0, readRepairs: 0, readRepairsDropped: 0, forwardedWrites: 0, quorumFailures: { get: 0, put: 0 }, hintsRefused: 0 }
   const maxRepairs = config.maxReadRepairs ?? DEFAULT_MAX_READ_REPAIRS
   let repairing = 0
   const ridPrefix = `${self}:${(yield* Random.nextInt).toString(36)}`
@@ -499,14 +501,46 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
     return Effect.forEach(stale, (p) => (usable(p) ? putTo(p, key, full, bytes, timeoutMs).pipe(Effect.ignore) : Effect.void), { concurrency: "unbounded", discard: true })
   }
 
+  /**
+   * Whether this node parks a hinted copy for `owner` (issue 11): only for a member of its
+   * current or next ring. Anything else (an invented id, a node that left or was removed)
+   * would open a parked log under <data>/handoff/ that grows without bound and that no one
+   * ever receives, so it is refused before Handoff.park creates a directory.
+   *
+   * A legitimate sender names an owner from its own placement (current and next ring), and
+   * the rings it knows travel by gossip, so it can be ahead of this node: during a join the
+   * claimant puts the new node in the next ring, the sender adopts that version, the new
+   * node misses a write, and its hinted copy reaches this node before the version does. The
+   * check still uses this node's own view, on purpose: accepting "newly known" ids would
+   * need trusting the sender's word on membership, which is what a hostile peer abuses.
+   * The race costs no write: the refusal is a plain `apierr` reply (not `hostile`, so the
+   * connection and its other requests are untouched), the sender's putTo fails, and the
+   * coordinator parks the copy itself (Coordinator.replicate, `hinted` → `parkHere`), where
+   * it is delivered as any parked write is. Only that one copy does not count towards W, as
+   * when the fallback is unreachable. A leaving node stays in the current ring until its
+   * move is done, so its hints are accepted until then; once gone, Coordinator.deliver sends
+   * what was parked for it to the keys' current replicas.
+   */
+  const hintOwner = (owner: string) => {
+    const r = membership.state().ring
+    return r.members.includes(owner) || r.nextMembers.includes(owner)
+  }
+
   const handle = (from: string, msg: DataMessage): Effect.Effect<DataReply> => {
     const reply: Effect.Effect<DataReply, ApiError> = Effect.gen(function*() {
       switch (msg.t) {
         case "put": {
           const o = decodeObject(msg.object)
           if (o === undefined) return yield* apiError("bad_request", `unreadable object for ${JSON.stringify(msg.key)} from ${from}`)
-          if (msg.hint) yield* handoff.park(msg.hint, msg.key, o)
-          else {
+          if (msg.hint) {
+            if (!hintOwner(msg.hint)) {
+              stats.hintsRefused++
+              // One line for the first and then per 1,000: a peer sending these must not flood the log.
+              if (stats.hintsRefused === 1 || stats.hintsRefused % 1000 === 0) yield* Effect.logWarning(`refused ${stats.hintsRefused} hinted copies so far; this one, of ${JSON.stringify(msg.key.slice(0, 80))} from ${from} for ${msg.hint}: not a member of this node's ring (version ${membership.ring().version})`)
+              return yield* apiError("bad_request", `cannot park a write for ${msg.hint}: it is not a member of ${self}'s ring (version ${membership.ring().version}); park it on the coordinator instead`)
+            }
+            yield* handoff.park(msg.hint, msg.key, o)
+          } else {
             yield* replica.merge(msg.key, o)
             // A forwarded write's copy: a retry of that write sent here is not coordinated again.
             if (msg.rid && msg.ctx && !recent.has(msg.rid)) yield* Deferred.succeed((yield* remember(msg.rid, msg.key)).context, msg.ctx)
