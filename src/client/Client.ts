@@ -3,8 +3,9 @@
  * return the value or the siblings with the context that covers them; `update` is Riak's
  * read-resolve-modify-write loop. A call goes to the nodes in turn, moving on after a 503, a
  * 504 or a connection error, with exponential backoff and full jitter, bounded in attempts
- * and time. Only web APIs (`fetch`, `AbortController`, `Uint8Array`, `TextEncoder`,
- * `TextDecoder`, `setTimeout`): it runs in browsers, Deno and Node alike.
+ * and time; a node that answered 503 with `Retry-After` is not tried again before that.
+ * Only web APIs (`fetch`, `AbortController`, `Uint8Array`, `TextEncoder`, `TextDecoder`,
+ * `setTimeout`): it runs in browsers, Deno and Node alike.
  */
 import { type Attempt, isErrorCode, isRetryableCode, TallyError } from "./TallyError.ts"
 
@@ -31,6 +32,19 @@ export const DEFAULT_RETRY: RetryPolicy = { attempts: 6, baseDelayMs: 50, maxDel
  */
 export const backoffMs = (policy: RetryPolicy, attempt: number, random: () => number): number =>
   Math.floor(random() * Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 1)))
+
+/**
+ * A `Retry-After` header (RFC 9110 §10.2.3) as milliseconds to wait from `now`: delay-seconds
+ * (`1`) or an HTTP date; undefined when absent or not either form. A date in the past is 0.
+ */
+export const retryAfterMs = (header: string | null | undefined, now: number): number | undefined => {
+  if (header === null || header === undefined) return undefined
+  const v = header.trim()
+  if (/^\d+$/.test(v)) return Number(v) * 1_000
+  if (!/[A-Za-z]/.test(v)) return undefined
+  const at = Date.parse(v)
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now)
+}
 
 /** What a TallyClient needs. */
 export interface TallyClientOptions {
@@ -380,21 +394,32 @@ export class TallyClient {
     const started = this.#now()
     const first = this.#next++ % this.#nodes.length
     const attempts: Array<Attempt> = []
+    /** Per node, the time before which it asked (Retry-After on a 503) not to be tried again. */
+    const notBefore = new Map<string, number>()
+    const nodeAt = (attempt: number) => this.#nodes[(first + attempt - 1) % this.#nodes.length]!
     for (let attempt = 1; ; attempt++) {
-      const node = this.#nodes[(first + attempt - 1) % this.#nodes.length]!
+      const node = nodeAt(attempt)
       let failure: TallyError
       try {
         const a = await this.#attempt(node, method, path, headers, init.body, init.signal)
         if (!isRetryableStatus(a)) return a
         failure = errorOf(a)
         attempts.push({ node, reason: failure.code })
+        if (a.status === 503) {
+          const now = this.#now()
+          const wait = retryAfterMs(a.headers.get("retry-after"), now)
+          if (wait !== undefined) notBefore.set(node, now + wait)
+        }
       } catch (e) {
         if (init.signal?.aborted === true) throw abortReason(init.signal)
         const reason = connectionReason(e)
         attempts.push({ node, reason })
         failure = new TallyError({ code: "unreachable", node, message: `cannot reach ${node}: ${reason}` })
       }
-      const delay = backoffMs(this.#retry, attempt, this.#random)
+      // The backoff with jitter, or longer when the next node said Retry-After; a wait that
+      // would pass the deadline is not waited: the call fails now instead.
+      const backoff = backoffMs(this.#retry, attempt, this.#random)
+      const delay = Math.max(backoff, (notBefore.get(nodeAt(attempt + 1)) ?? 0) - this.#now())
       if (attempt >= this.#retry.attempts || this.#now() - started + delay >= this.#retry.deadlineMs) {
         const unreachable = attempts.every((x) => !isErrorCode(x.reason))
         throw new TallyError({

@@ -9,7 +9,7 @@ import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as path from "node:path"
 import t from "tap"
-import { backoffMs, DEFAULT_RETRY, decodeBase64, hasSiblings, TallyClient, TallyError, text, type TallySibling } from "tally/client"
+import { backoffMs, DEFAULT_RETRY, retryAfterMs, decodeBase64, hasSiblings, TallyClient, TallyError, text, type TallySibling } from "tally/client"
 import { errorCodes } from "../../src/Errors.ts"
 
 interface Call {
@@ -305,6 +305,87 @@ t.test("connections are kept alive: many calls, few connections", async (t) => {
   // A connection is handed back to the pool a moment after its answer ends, so a call may
   // find it still busy and open a second one; without keep-alive there would be 60.
   t.ok(connections <= 2, `60 sequential calls on ${connections} connection(s)`)
+})
+
+/** A real HTTP server answering with `answer(n)` for its n-th request (from 0), recording when each came. */
+const fakeNode = async (t: { teardown: (f: () => Promise<void>) => void }, answer: (n: number) => { status: number; headers: Record<string, string>; body?: string }) => {
+  const times: Array<number> = []
+  const server = http.createServer((req, res) => {
+    req.resume()
+    req.on("end", () => {
+      const a = answer(times.length)
+      times.push(performance.now())
+      res.writeHead(a.status, a.headers)
+      res.end(a.body)
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r))
+  t.teardown(() => new Promise<void>((r) => {
+    server.closeAllConnections()
+    server.close(() => r())
+  }))
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, times }
+}
+
+const shed = (retryAfter: string) => ({ status: 503, headers: { "content-type": "application/json", "retry-after": retryAfter }, body: JSON.stringify({ error: "unavailable", message: "too many requests in flight" }) })
+const ok = { status: 200, headers: { "content-type": "text/plain", "x-context": "c1" }, body: "v" }
+
+t.test("Retry-After: 1 on a 503: the node is not tried again before a second has passed", async (t) => {
+  const node = await fakeNode(t, (n) => (n === 0 ? shed("1") : ok))
+  // No jitter at all: without the header the retry would come at once.
+  const c = new TallyClient({ nodes: [node.url], random: () => 0 })
+  const got = await c.get("k")
+  t.same(got !== undefined && !hasSiblings(got) ? text(got.value) : undefined, "v")
+  t.equal(node.times.length, 2)
+  const gap = node.times[1]! - node.times[0]!
+  t.ok(gap >= 950, `the retry came ${gap.toFixed(0)} ms after the 503`)
+  t.ok(gap < 3_000, `and not much later: ${gap.toFixed(0)} ms`)
+})
+
+t.test("Retry-After as an HTTP date is waited for too", async (t) => {
+  // HTTP dates have whole seconds: 3 s from now is at least 2 s away.
+  const at = new Date(Math.ceil(Date.now() / 1000) * 1000 + 3_000).toUTCString()
+  const node = await fakeNode(t, (n) => (n === 0 ? shed(at) : ok))
+  const c = new TallyClient({ nodes: [node.url], random: () => 0 })
+  await c.get("k")
+  t.equal(node.times.length, 2)
+  const gap = node.times[1]! - node.times[0]!
+  t.ok(gap >= 1_900, `the retry came ${gap.toFixed(0)} ms after the 503`)
+})
+
+t.test("Retry-After holds back only the node that sent it; other nodes are tried after the backoff", async (t) => {
+  const c = client((call) => (call.url.startsWith("http://n1:1") ? json(503, { error: "unavailable", message: "busy" }, { "retry-after": "5" }) : json(503, { error: "quorum_not_met", message: "q" })), { random: () => 0.5, retry: { attempts: 4 } })
+  await t.rejects(c.c.get("k"), { code: "unavailable" })
+  // n1 (Retry-After 5), n2, n3 after the usual backoff (25, 50), then n1 again after 5 s in all.
+  t.same(c.calls.map((x) => new URL(x.url).host), ["n1:1", "n2:2", "n3:3", "n1:1"])
+  t.same(c.sleeps.slice(0, 2), [25, 50])
+  t.equal(c.sleeps.reduce((a, b) => a + b, 0), 5_000)
+})
+
+t.test("a Retry-After past the deadline is not waited for: the call fails at once", async (t) => {
+  const sleeps: Array<number> = []
+  const single = new TallyClient({
+    nodes: ["http://n1:1"],
+    retry: { deadlineMs: 10_000 },
+    fetch: (async () => json(503, { error: "unavailable", message: "busy" }, { "retry-after": "60" })) as typeof globalThis.fetch,
+    sleep: async (ms) => {
+      sleeps.push(ms)
+    }
+  })
+  await t.rejects(single.get("k"), { code: "unavailable" })
+  t.same(sleeps, [], "no wait past the deadline")
+})
+
+t.test("retryAfterMs reads delay-seconds and HTTP dates", async (t) => {
+  const now = Date.parse("Fri, 04 Dec 2026 08:00:00 GMT")
+  t.equal(retryAfterMs("1", now), 1_000)
+  t.equal(retryAfterMs(" 120 ", now), 120_000)
+  t.equal(retryAfterMs("Fri, 04 Dec 2026 08:00:05 GMT", now), 5_000)
+  t.equal(retryAfterMs("Fri, 04 Dec 2026 07:00:00 GMT", now), 0)
+  t.equal(retryAfterMs(null, now), undefined)
+  t.equal(retryAfterMs("-1", now), undefined)
+  t.equal(retryAfterMs("1.5", now), undefined)
+  t.equal(retryAfterMs("soon", now), undefined)
 })
 
 t.test("the client's core uses only web APIs, so it runs in browsers", async (t) => {
