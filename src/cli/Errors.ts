@@ -2,7 +2,9 @@
  * Every way a `tally` command fails, with the text it prints to stderr and the exit code it
  * ends with: 1 when a node answered with an error, 2 for a usage error, 3 when no node
  * answered, 4 when the key has no value, 5 when it has siblings. Scripts rely on these codes
- * (docs/operations.md and `tally --help` list them); keep them stable.
+ * (docs/operations.md and `tally --help` list them); keep them stable. Under `--json` the
+ * same failures are one line of JSON on stderr instead, `{"error": {"code", "message", ...}}`
+ * (jsonReport), with the same exit codes.
  */
 import * as Predicate from "effect/Predicate"
 import * as Schema from "effect/Schema"
@@ -131,3 +133,57 @@ export const isCliFailure = (u: unknown): u is CliFailure =>
 
 /** A thrown value's message, for reports. */
 export const messageOf = (e: unknown): string => (e instanceof Error ? e.message : String(e))
+
+/** The code a failure has in its `--json` report: the node's own for RequestFailed. */
+export const failureCode = (f: CliFailure): string => {
+  switch (f._tag) {
+    case "UsageError":
+    case "InvalidSettings":
+      return "usage"
+    case "RequestFailed":
+      return f.code
+    case "BadAnswer":
+      return "bad_answer"
+    case "NotFound":
+      return "not_found"
+    case "SiblingsFound":
+      return "siblings"
+    case "Unreachable":
+      return "unreachable"
+    case "NodeFailed":
+      return "node_failed"
+  }
+}
+
+/**
+ * A failure as `--json` prints it: one line `{"error": {"code", "message", "exitCode", ...}}`
+ * for stderr, with what else the failure knows (`status`, `url`, `key`, `errors`). The empty
+ * string for SiblingsFound, which prints nothing more (its JSON document is on stdout).
+ */
+export const jsonReport = (f: CliFailure): string => {
+  if (f._tag === "SiblingsFound") return ""
+  const extra: Record<string, unknown> =
+    f._tag === "RequestFailed" ? { status: f.status }
+    : f._tag === "Unreachable" ? { url: f.url, reason: f.reason }
+    : f._tag === "BadAnswer" ? { url: f.url }
+    : f._tag === "NotFound" ? { key: f.key }
+    : f._tag === "InvalidSettings" ? { errors: f.errors }
+    : {}
+  return jsonError(failureCode(f), f.message, f.exitCode, extra)
+}
+
+/** One line of JSON reporting an error, for `--json`: `{"error": {"code", "message", "exitCode", ...extra}}`. */
+export const jsonError = (code: string, message: string, exitCode: number, extra: Record<string, unknown> = {}): string =>
+  JSON.stringify({ error: { code, message, exitCode, ...extra } })
+
+/**
+ * Whether the command line asks for `--json` (before any `--`): failures are then reported
+ * as JSON, parse errors included, which come before any command has read its flags.
+ */
+export const wantsJson = (args: ReadonlyArray<string>): boolean => {
+  for (const a of args) {
+    if (a === "--") return false
+    if (a === "--json" || a === "--json=true") return true
+  }
+  return false
+}

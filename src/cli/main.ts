@@ -15,7 +15,7 @@ import { adminCommand } from "./AdminCommands.ts"
 import { deleteCommand, getCommand, putCommand } from "./ClientCommands.ts"
 import { keysCommand } from "./KeysCommand.ts"
 import { clusterCommand } from "./ClusterCommand.ts"
-import { EXIT_CODES_HELP, ExitCode, isCliFailure } from "./Errors.ts"
+import { EXIT_CODES_HELP, ExitCode, isCliFailure, jsonError, jsonReport, wantsJson } from "./Errors.ts"
 import { DEFAULT_URL } from "./Http.ts"
 import { nodeCommand } from "./NodeCommand.ts"
 
@@ -34,7 +34,13 @@ const Version = GlobalFlag.Action({
   run: (_, { version }) => Console.log(`tally ${version}`)
 })
 
-/** Help on stdout when asked for; usage errors on stderr, one line each, with a pointer to the help. */
+/** `--json` anywhere on the command line: every failure is reported as one line of JSON on stderr. */
+const json = wantsJson(process.argv.slice(2))
+
+/**
+ * Help on stdout when asked for; usage errors on stderr, one line each, with a pointer to the
+ * help, or under `--json` one JSON object for all of them.
+ */
 const presenter: CliOutput.Presenter = {
   present: (event) =>
     Effect.gen(function*() {
@@ -46,6 +52,10 @@ const presenter: CliOutput.Presenter = {
         case "Version":
           return yield* Console.log(`${event.name} ${event.version}`)
         case "InvalidInvocation":
+          if (json) {
+            const messages = event.errors.map((e) => e.message)
+            return yield* Console.error(jsonError("usage", messages.join("; "), ExitCode.usage, { errors: messages, help: `${event.commandPath.join(" ")} --help` }))
+          }
           for (const error of event.errors) yield* Console.error(`error: ${error.message}`)
           return yield* Console.error(`Run "${event.commandPath.join(" ")} --help" for its flags.`)
       }
@@ -64,13 +74,18 @@ const finish = (exit: Exit.Exit<void, unknown>): number => {
   if (Cause.hasInterruptsOnly(exit.cause)) return 130
   const error = Cause.squash(exit.cause)
   if (isCliFailure(error)) {
-    if (error.report !== "") process.stderr.write(`${error.report}\n`)
+    const report = json ? jsonReport(error) : error.report
+    if (report !== "") process.stderr.write(`${report}\n`)
     return error.exitCode
   }
   if (CliError.isCliError(error)) {
     // Parse errors were already printed by the presenter; a bare `tally` printed its help.
-    if (error._tag !== "ShowHelp") process.stderr.write(`error: ${error.message}\n`)
+    if (error._tag !== "ShowHelp") process.stderr.write(json ? `${jsonError("usage", error.message, ExitCode.usage)}\n` : `error: ${error.message}\n`)
     return ExitCode.usage
+  }
+  if (json) {
+    process.stderr.write(`${jsonError("internal_error", Cause.pretty(exit.cause), ExitCode.failed)}\n`)
+    return ExitCode.failed
   }
   process.stderr.write(`internal error: ${Cause.pretty(exit.cause)}\n`)
   return ExitCode.failed
