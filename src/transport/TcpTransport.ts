@@ -40,6 +40,13 @@ export interface TcpTransportConfig {
   /** Messages written to one peer and not yet answered, at most (default 1024). */
   readonly maxInFlight?: number
   /**
+   * Messages waiting for one of a peer's `maxInFlight` slots, at most (default 4096, four times the default maxInFlight).
+   * Past it a request or one-way message fails at once with `timeout` (the peer is too slow to
+   * take more; waiting would only time out later, holding its frame meanwhile), counted as
+   * tally_limit_hits_total{limit="internode_slot_waiters"}.
+   */
+  readonly maxSlotWaiters?: number
+  /**
    * Limit on a TCP connect (default 5000 ms). The hello exchange after it has none: a peer
    * that drops us stays silent, so requests wait there and time out, as in a partition.
    */
@@ -70,6 +77,8 @@ interface Outgoing {
   /** The connection that gave it a slot. */
   out: { release(o: Outgoing): void } | undefined
   holdsSlot: boolean
+  /** Waiting in its connection's slot queue (counted in `queued`). */
+  queued: boolean
   done: boolean
 }
 
@@ -197,11 +206,12 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
   const maxHelloFrameBytes = Math.min(config.maxHelloFrameBytes ?? DEFAULT_MAX_HELLO_FRAME_BYTES, maxFrameBytes)
   const maxInbound = config.maxInboundConnections ?? DEFAULT_MAX_INBOUND
   /** Refusals by the bounds above, for /metrics (tally_limit_hits_total). */
-  const limits = { internode_connections: 0, internode_frame_too_large: 0, internode_hello_frame_too_large: 0, internode_hostile_messages: 0 }
+  const limits = { internode_connections: 0, internode_frame_too_large: 0, internode_hello_frame_too_large: 0, internode_hostile_messages: 0, internode_slot_waiters: 0 }
   const countMalformed = (e: MalformedFrame, authenticated: boolean) => {
     if (e.reason === "too_large") limits[authenticated ? "internode_frame_too_large" : "internode_hello_frame_too_large"]++
   }
   const maxInFlight = config.maxInFlight ?? 1024
+  const maxSlotWaiters = config.maxSlotWaiters ?? 4096
   const connectTimeoutMs = config.connectTimeoutMs ?? 5000
   const reconnectMinMs = config.reconnectMinMs ?? 50
   const reconnectMaxMs = config.reconnectMaxMs ?? 2000
@@ -241,8 +251,10 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
     private waiting: Outgoing[] = []
     /** Requests written and not yet answered, by id. */
     private readonly pending = new Map<number, Outgoing>()
-    private readonly slotWaiters: Outgoing[] = []
+    private slotWaiters: Outgoing[] = []
     private slotWaitersHead = 0
+    /** Unsettled messages in `slotWaiters` (settled ones stay there until the pump passes them). */
+    private queued = 0
     private inFlight = 0
     private pumping = false
     private failures = 0
@@ -259,13 +271,29 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
 
     submit(o: Outgoing): void {
       o.out = this
-      if (this.inFlight < maxInFlight) this.grant(o)
-      else this.slotWaiters.push(o)
+      if (this.inFlight < maxInFlight) return this.grant(o)
+      if (this.queued >= maxSlotWaiters) {
+        limits.internode_slot_waiters++
+        return settle(o, Effect.fail(transportError("timeout", this.peer.id, `no slot for a message to node ${this.peer.id}: ${maxInFlight} in flight and ${this.queued} waiting already (the peer is too slow to take more); failed at once`)))
+      }
+      // Messages that timed out while waiting stay until the pump passes them: drop them when
+      // they are most of the queue, so a peer that never frees a slot cannot grow it for ever.
+      if (this.slotWaiters.length - this.slotWaitersHead >= 2 * maxSlotWaiters) {
+        this.slotWaiters = this.slotWaiters.slice(this.slotWaitersHead).filter((w) => !w.done)
+        this.slotWaitersHead = 0
+      }
+      o.queued = true
+      this.queued++
+      this.slotWaiters.push(o)
     }
 
     /** Frees the slot of a settled message (or forgets a waiting one) and lets the next waiter go. */
     release(o: Outgoing): void {
       if (!o.oneWay) this.pending.delete(o.id)
+      if (o.queued) {
+        o.queued = false
+        this.queued--
+      }
       if (!o.holdsSlot) return
       o.holdsSlot = false
       this.inFlight--
@@ -279,7 +307,10 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       while (this.inFlight < maxInFlight && this.slotWaitersHead < this.slotWaiters.length) {
         const next = this.slotWaiters[this.slotWaitersHead]!
         this.slotWaiters[this.slotWaitersHead++] = undefined!
-        if (!next.done) this.grant(next)
+        if (next.done) continue
+        next.queued = false
+        this.queued--
+        this.grant(next)
       }
       if (this.slotWaitersHead > 0 && this.slotWaitersHead === this.slotWaiters.length) {
         this.slotWaiters.length = 0
@@ -603,7 +634,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       }
       if (!(bytes instanceof Uint8Array)) return resume(Effect.fail(bytes))
       if (oneWay && dropped.has(to.id)) return resume(Effect.void)
-      const o: Outgoing = { id, bytes, oneWay, resume, timer: undefined, out: undefined, holdsSlot: false, done: false }
+      const o: Outgoing = { id, bytes, oneWay, resume, timer: undefined, out: undefined, holdsSlot: false, queued: false, done: false }
       live.add(o)
       const limit = oneWay ? sendTimeoutMs : timeoutMs
       const onTimeout = () =>
