@@ -181,7 +181,7 @@ const loadHint = (log: Log, seg: Segment): boolean => {
   const legacy: HintEntry[] = []
   forEachHint(buf, (key, lsn, offset, size, tomb, partition, hashHi, hashLo) => {
     if (partition < 0) legacy.push({ key, lsn, offset, size, tombstone: tomb, partition, hashHi, hashLo })
-    else if (lsn > log.index.lsnOf(key)) log.index.set(key, seg.id, offset, size, lsn, tomb, partition, hashHi, hashLo)
+    else log.index.replaceIfNewer(key, seg.id, offset, size, lsn, tomb, partition, hashHi, hashLo)
   })
   if (legacy.length > 0) {
     // A version 1 hint: the partition comes from the key, the hash from the record itself.
@@ -192,7 +192,7 @@ const loadHint = (log: Log, seg: Segment): boolean => {
       hashRecordInto(raw, 0, e.size)
       const full = { ...e, partition: log.config.partitionOf(e.key), hashHi: scratch.hi, hashLo: scratch.lo }
       upgraded.push(full)
-      if (e.lsn > log.index.lsnOf(e.key)) log.index.set(e.key, seg.id, e.offset, e.size, e.lsn, e.tombstone, full.partition, full.hashHi, full.hashLo)
+      log.index.replaceIfNewer(e.key, seg.id, e.offset, e.size, e.lsn, e.tombstone, full.partition, full.hashHi, full.hashLo)
     }
     seg.minLsn = h.minLsn
     seg.maxLsn = h.maxLsn
@@ -219,7 +219,7 @@ const scanSegment = (log: Log, seg: Segment): Scanned => {
     const tombstone = r.type === RecordType.Tombstone
     const partition = legacy ? log.config.partitionOf(key) : r.partition
     hashRecordInto(buf, offset, size)
-    if (r.lsn > log.index.lsnOf(key)) log.index.set(key, seg.id, offset, size, r.lsn, tombstone, partition, scratch.hi, scratch.lo)
+    log.index.replaceIfNewer(key, seg.id, offset, size, r.lsn, tombstone, partition, scratch.hi, scratch.lo)
     const prev = hints.get(key)
     if (prev === undefined || prev.lsn < r.lsn) hints.set(key, { key, lsn: r.lsn, offset, size, tombstone, partition, hashHi: scratch.hi, hashLo: scratch.lo })
     if (r.lsn < seg.minLsn) seg.minLsn = r.lsn
