@@ -61,6 +61,11 @@ export interface ApiDeps {
   readonly https?: HttpsFiles | undefined
   /** Requests served at once (Admission.ts); absent: DEFAULTS.maxRequestsInFlight. */
   readonly maxRequestsInFlight?: number | undefined
+  /**
+   * The node's wall clock, ms: a write's `lastModified`. The node passes its Effect Clock's,
+   * so the simulator's per-node skew reaches what clients see; absent: Date.now.
+   */
+  readonly now?: (() => number) | undefined
 }
 
 type Logger = FastifyBaseLogger
@@ -102,6 +107,7 @@ const pathPattern = (url: string): RegExp =>
 
 /** Builds the Fastify app (not listening). */
 export const buildServer = (deps: ApiDeps): FastifyInstance => {
+  const now = deps.now ?? Date.now
   const app = Fastify({
     // HTTPS changes only the server underneath, not the app's routes or types: typed as {} so
     // Fastify's overloads keep the plain-HTTP instance type the rest of the code is written to.
@@ -267,7 +273,7 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     const contentType = deleted ? "" : parseContentType((req as RequestWithType).clientContentType)
     if (contentType instanceof ApiError) return sendError(reply, contentType)
     const body = deleted ? Buffer.alloc(0) : ((req.body as Buffer | undefined) ?? Buffer.alloc(0))
-    const sibling: Sibling = { value: body, contentType, lastModified: Date.now(), deleted }
+    const sibling: Sibling = { value: body, contentType, lastModified: now(), deleted }
     const fast = deps.local?.put(key, context, sibling)
     let res: Coordinated | undefined
     if (fast === undefined) res = await call(reply, (c) => c.put(key, context, sibling, q))

@@ -271,10 +271,12 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
   const call = (id: string, msg: DataMessage, timeoutMs: number, once = false): Effect.Effect<DataReply, unknown> => {
     const peer = membership.peer(id)
     if (peer === undefined) return Effect.fail(new Error(`unknown node ${id}`))
-    const deadline = Date.now() + timeoutMs
+    // Deadlines on the monotonic clock: a wall clock stepped back (NTP, the simulator's skew)
+    // must not stretch a request's timeout, nor a step forward cut it.
+    const deadline = performance.now() + timeoutMs
     const attempt = (): Effect.Effect<unknown, unknown> =>
-      transport.request(peer, msg, Math.max(1, deadline - Date.now())).pipe(
-        Effect.catch((e) => (!once && starting(e) && deadline - Date.now() > STARTING_RETRY_MS ? Effect.sleep(STARTING_RETRY_MS).pipe(Effect.andThen(Effect.suspend(attempt))) : Effect.fail(e)))
+      transport.request(peer, msg, Math.max(1, deadline - performance.now())).pipe(
+        Effect.catch((e) => (!once && starting(e) && deadline - performance.now() > STARTING_RETRY_MS ? Effect.sleep(STARTING_RETRY_MS).pipe(Effect.andThen(Effect.suspend(attempt))) : Effect.fail(e)))
       )
     return attempt().pipe(
       Effect.flatMap((r) => {
@@ -426,10 +428,10 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
       // The request's timeout bounds all forwarding attempts together, not each one. Every
       // attempt carries the same request id, so a primary that has the write already does
       // not coordinate it again.
-      const deadline = Date.now() + q.timeoutMs
+      const deadline = performance.now() + q.timeoutMs
       const rid = `${ridPrefix}:${(ridCounter++).toString(36)}`
       for (const p of prefs.filter(usable)) {
-        const left = deadline - Date.now()
+        const left = deadline - performance.now()
         if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
         stats.forwardedWrites++
         const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: left, rid }
@@ -446,7 +448,7 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
         if (err !== undefined && err._tag === "Fail" && err.error instanceof ApiError) return yield* err.error
       }
       if (!q.sloppy) return yield* notMet(Math.min(q.count, prefs.length), 0, false, q.timeoutMs)
-      const left = deadline - Date.now()
+      const left = deadline - performance.now()
       if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
       return yield* coordinate(key, context, sibling, { ...q, timeoutMs: left }, place)
     })

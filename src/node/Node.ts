@@ -230,6 +230,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     auth: { adminTokenFile: settings.adminTokenFile, clientTokenFile: settings.clientTokenFile },
     https,
     maxRequestsInFlight: settings.maxRequestsInFlight,
+    now: options.clock === undefined ? undefined : () => options.clock!.currentTimeMillisUnsafe(),
     metrics,
     run,
     local: coordinatorService.local,

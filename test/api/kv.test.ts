@@ -1,10 +1,11 @@
 import t from "tap"
-import { Effect, Exit } from "effect"
+import { Clock, Effect, Exit } from "effect"
 import { buildServer } from "../../src/api/Server.ts"
 import { apiError, errorCodes } from "../../src/Errors.ts"
 import { makeMetrics } from "../../src/metrics/Metrics.ts"
 import pino from "pino"
-import { quiet, testNode } from "./helpers.ts"
+import { assembleNode } from "../../src/node/Node.ts"
+import { quiet, testNode, testSettings } from "./helpers.ts"
 
 t.test("PUT then GET returns the value, its content type and a context", async (t) => {
   const node = await testNode()
@@ -85,6 +86,27 @@ t.test("concurrent blind writes become siblings; a write with the read context r
   const after = await node.app.inject({ method: "GET", url: "/kv/cart" })
   t.equal(after.statusCode, 200)
   t.equal(after.body, "abc")
+})
+
+t.test("a write's lastModified comes from the node's clock, not the process's (the simulator skews it per node)", async (t) => {
+  const skewMs = 3 * 60 * 60 * 1000
+  const wall = () => Date.now() + skewMs
+  const base = Effect.runSync(Effect.clockWith((c) => Effect.succeed(c)))
+  const clock: Clock.Clock = {
+    ...base,
+    currentTimeMillisUnsafe: wall,
+    currentTimeMillis: Effect.sync(wall)
+  }
+  const node = await assembleNode(testSettings(), { memory: true, logStream: quiet(), clock })
+  t.teardown(node.close)
+  // Two blind writes: siblings, whose lastModified the answer shows.
+  for (const v of ["a", "b"]) await node.app.inject({ method: "PUT", url: "/kv/skewed", payload: v, headers: { "content-type": "text/plain" } })
+  const get = await node.app.inject({ method: "GET", url: "/kv/skewed" })
+  t.equal(get.statusCode, 300)
+  for (const s of get.json().siblings) {
+    const off = Date.parse(s.lastModified) - Date.now()
+    t.ok(Math.abs(off - skewMs) < 60_000, `lastModified is ${Math.round(off / 60_000)} min off the process clock, as the node's clock is`)
+  }
 })
 
 t.test("a stale context makes a sibling instead of overwriting a newer write", async (t) => {
