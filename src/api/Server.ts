@@ -309,7 +309,7 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
   })
 
   app.get("/metrics", { config: { op: "metrics" } }, async (_req, reply) =>
-    reply.type(deps.metrics.registry.contentType).send(await deps.metrics.registry.metrics())
+    reply.type(deps.metrics.registry.contentType).send(await deps.metrics.scrape())
   )
 
   app.get("/admin/cluster", { config: { op: "cluster" } }, async (_req, reply) => {

@@ -10,6 +10,8 @@ import type { LogStats } from "../../engine/Log.ts"
 /** The node's metrics. */
 export interface Metrics {
   readonly registry: client.Registry
+  /** The exposition text of one scrape: the engine's and the cluster's figures are read once for it, not once per metric. */
+  scrape(): Promise<string>
   /** Records one HTTP request. */
   request(op: string, status: number, seconds: number): void
   /** Records the object a write left behind. */
@@ -51,7 +53,13 @@ export interface PartitionFigures {
 }
 
 /** Creates a node's metrics; `engineStats` and `cluster` are read at each scrape. */
-export const makeMetrics = (engineStats: () => LogStats, cluster?: () => ClusterFigures): Metrics => {
+export const makeMetrics = (readEngine: () => LogStats, readCluster?: () => ClusterFigures): Metrics => {
+  // A dozen collectors read these figures; computing the cluster's walks every partition's
+  // tree (AntiEntropy.status), so one scrape reads them once and every collector shares it.
+  let scraping = 0
+  let snapshot: { engine?: LogStats; cluster?: ClusterFigures } = {}
+  const engineStats = (): LogStats => scraping > 0 ? (snapshot.engine ??= readEngine()) : readEngine()
+  const cluster = readCluster === undefined ? undefined : (): ClusterFigures => scraping > 0 ? (snapshot.cluster ??= readCluster()) : readCluster()
   const registry = new client.Registry()
   client.collectDefaultMetrics({ register: registry })
   const requests = new client.Counter({ name: "tally_http_requests_total", help: "HTTP requests by operation and status", labelNames: ["op", "status"], registers: [registry] })
@@ -193,6 +201,14 @@ export const makeMetrics = (engineStats: () => LogStats, cluster?: () => Cluster
   const children = new Map<string, { count: client.Counter.Internal; time: client.Histogram.Internal<"op" | "status"> }>()
   return {
     registry,
+    scrape: async () => {
+      if (scraping++ === 0) snapshot = {}
+      try {
+        return await registry.metrics()
+      } finally {
+        if (--scraping === 0) snapshot = {}
+      }
+    },
     request: (op, status, seconds) => {
       // Label lookups hash their labels on every call: keep the children per (op, status).
       const k = `${op} ${status}`

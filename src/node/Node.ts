@@ -218,7 +218,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       transfers: { running: local.length, stalled: local.filter((x) => x.state === "stalled").length, keys: local.reduce((n, x) => n + x.keysSent, 0) },
       coordinator: coordinatorService.stats(),
       aae: aaeService.status().map((p) => ({ ...p, reapBlocked: reapingService.cutoff(p.partition).blocked !== undefined })),
-      limits: { ...(transportService.stats().limits ?? {}), read_repairs: coordinatorService.stats().readRepairsDropped }
+      limits: { ...(transportService.stats().limits ?? {}), read_repairs: coordinatorService.stats().readRepairsDropped, hints_unknown_owner: coordinatorService.stats().hintsRefused }
     }
   })
   const app = buildServer({

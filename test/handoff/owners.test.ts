@@ -48,6 +48,8 @@ t.test("a hint for an owner that is not a ring member is refused and parks nothi
   t.same(parkedLogs(), [], "nothing parked for any invented owner")
   const cluster = JSON.parse((await node.app.inject({ method: "GET", url: "/admin/cluster" })).body)
   t.same(cluster.nodes.map((m: { id: string }) => m.id), ["m1"], "the ring is unchanged")
+  const metrics = (await node.app.inject({ method: "GET", url: "/metrics" })).body
+  t.match(metrics, /^tally_limit_hits_total\{limit="hints_unknown_owner"\} 4$/m, "every refused hint is counted on /metrics")
 
   // The same connection still serves: a legitimate hint, for a real member, is parked.
   const ok = await ask({ t: "put", key: "legit", object, hint: "m1" })
