@@ -155,9 +155,12 @@ export const decodeBase64 = (s: string): Uint8Array | undefined => {
   return out
 }
 
-const toBody = (input: ValueInput): { readonly bytes: Uint8Array; readonly contentType: string } => {
+/** `bytes` as fetch takes a body: over an ArrayBuffer, copied when it is a SharedArrayBuffer's (or another realm's). */
+const fetchable = (bytes: Uint8Array): Uint8Array<ArrayBuffer> => (bytes.buffer instanceof ArrayBuffer ? (bytes as Uint8Array<ArrayBuffer>) : new Uint8Array(bytes))
+
+const toBody = (input: ValueInput): { readonly bytes: Uint8Array<ArrayBuffer>; readonly contentType: string } => {
   if (typeof input === "string") return { bytes: utf8.encode(input), contentType: "text/plain; charset=utf-8" }
-  if (input instanceof Uint8Array) return { bytes: input, contentType: "application/octet-stream" }
+  if (input instanceof Uint8Array) return { bytes: fetchable(input), contentType: "application/octet-stream" }
   const inner = toBody(input.value)
   return { bytes: inner.bytes, contentType: input.contentType ?? inner.contentType }
 }
@@ -384,7 +387,7 @@ export class TallyClient {
     method: string,
     key: string,
     query: URLSearchParams,
-    init: { readonly headers: Record<string, string>; readonly body?: Uint8Array; readonly signal?: AbortSignal | undefined }
+    init: { readonly headers: Record<string, string>; readonly body?: Uint8Array<ArrayBuffer>; readonly signal?: AbortSignal | undefined }
   ): Promise<Answer> {
     const keyBytes = utf8.encode(key).length
     if (keyBytes < 1 || keyBytes > 1024) throw new TallyError({ code: "bad_request", message: `a key is 1 to 1024 bytes of UTF-8; got ${keyBytes} bytes` })
@@ -440,7 +443,7 @@ export class TallyClient {
   }
 
   /** One attempt on one node, its body read in full (so the connection goes back to the pool). */
-  async #attempt(node: string, method: string, path: string, headers: Record<string, string>, body: Uint8Array | undefined, signal: AbortSignal | undefined): Promise<Answer> {
+  async #attempt(node: string, method: string, path: string, headers: Record<string, string>, body: Uint8Array<ArrayBuffer> | undefined, signal: AbortSignal | undefined): Promise<Answer> {
     const controller = new AbortController()
     const timer = setTimeout(() => controller.abort(new DOMException(`no answer in ${this.#attemptTimeoutMs} ms`, "TimeoutError")), this.#attemptTimeoutMs)
     const onAbort = () => controller.abort(signal?.reason)

@@ -1,10 +1,10 @@
 /**
  * What a TallyClient call fails with: one error class whose `code` is the node's error code
- * from the registry (src/Errors.ts, the same codes docs/api.md lists), or one of the client's
+ * from the registry (src/ErrorCodes.ts, the same codes docs/api.md lists), or one of the client's
  * own for what no node said: `unreachable`, `bad_answer`, `unresolved_siblings`. Whether a
  * code is worth retrying on another node follows from its status in the registry.
  */
-import { errorCodes, type ErrorCode } from "../Errors.ts"
+import { errorCodes, type ErrorCode } from "../ErrorCodes.ts"
 
 /** The client's own codes: no node answered; an answer not as CONTRACT.md says; siblings without a resolver. */
 export type ClientErrorCode = "unreachable" | "bad_answer" | "unresolved_siblings"
