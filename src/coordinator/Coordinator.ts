@@ -434,7 +434,9 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
         const left = deadline - performance.now()
         if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
         stats.forwardedWrites++
-        const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: left, rid }
+        // Whole milliseconds: the receiver's check (Messages.ts) takes an integer timeout, and the
+        // monotonic clock's remainder is fractional; a fractional one was refused as hostile.
+        const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: Math.max(1, Math.floor(left)), rid }
         // A primary still starting has not seen the message: the next one is tried at once.
         const reply = yield* call(p, msg, left, true).pipe(Effect.exit)
         if (Exit.isSuccess(reply)) {
