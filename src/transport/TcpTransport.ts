@@ -18,6 +18,7 @@ import { Effect, FiberSet } from "effect"
 import { HandlerSlot, handleIncoming, type Incoming } from "./Reply.ts"
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, bodyBytes, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame, type Hello, type MalformedFrame } from "./Frame.ts"
 import * as Tls from "./Tls.ts"
+import { failed, fromOutcome, succeeded, type Outcome } from "./Outcome.ts"
 import type { Peer, TransportApi, TransportStats } from "./Transport.ts"
 import { transportError, type TransportError } from "./TransportError.ts"
 
@@ -63,7 +64,7 @@ export interface TcpTransportConfig {
   readonly tls?: Tls.InternodeTls | undefined
 }
 
-type Resume = (effect: Effect.Effect<unknown, TransportError>) => void
+type Resume = (outcome: Outcome) => void
 
 /** A request or one-way message on its way out. */
 interface Outgoing {
@@ -231,7 +232,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
   /** Every unsettled request and slot-waiting one-way, so shutdown can fail them. */
   const live = new Set<Outgoing>()
 
-  const settle = (o: Outgoing, result: Effect.Effect<unknown, TransportError> | undefined) => {
+  const settle = (o: Outgoing, result: Outcome | undefined) => {
     if (o.done) return
     o.done = true
     live.delete(o)
@@ -274,7 +275,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       if (this.inFlight < maxInFlight) return this.grant(o)
       if (this.queued >= maxSlotWaiters) {
         limits.internode_slot_waiters++
-        return settle(o, Effect.fail(transportError("timeout", this.peer.id, `no slot for a message to node ${this.peer.id}: ${maxInFlight} in flight and ${this.queued} waiting already (the peer is too slow to take more); failed at once`)))
+        return settle(o, failed(transportError("timeout", this.peer.id, `no slot for a message to node ${this.peer.id}: ${maxInFlight} in flight and ${this.queued} waiting already (the peer is too slow to take more); failed at once`)))
       }
       // Messages that timed out while waiting stay until the pump passes them: drop them when
       // they are most of the queue, so a peer that never frees a slot cannot grow it for ever.
@@ -323,13 +324,13 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       o.holdsSlot = true
       this.inFlight++
       if (this.state === "failed") {
-        if (performance.now() < this.retryAt) return settle(o, Effect.fail(this.lastFailure!))
+        if (performance.now() < this.retryAt) return settle(o, failed(this.lastFailure!))
         this.state = "idle"
       }
       if (o.oneWay) {
         const resume = o.resume
         o.resume = undefined
-        resume?.(Effect.void)
+        resume?.(succeeded(undefined))
       }
       if (this.state === "ready") return this.transmit(o)
       // Settled messages stay in `waiting` until the handshake; keep it bounded if that never comes.
@@ -370,8 +371,8 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
           if (frame.k === "res" || frame.k === "err") {
             const o = this.pending.get(frame.id)
             if (o === undefined) return
-            if (frame.k === "res") return settle(o, Effect.succeed(frame.p))
-            return settle(o, Effect.fail(transportError("remote", this.peer.id, frame.message, frame.code)))
+            if (frame.k === "res") return settle(o, succeeded(frame.p))
+            return settle(o, failed(transportError("remote", this.peer.id, frame.message, frame.code)))
           }
           warn(`closing connection to ${this.peer.id}: unexpected ${frame.k} frame`)
           wire.destroy()
@@ -442,7 +443,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       this.lastFailure = failure
       const victims = [...this.waiting, ...this.pending.values()]
       this.waiting = []
-      for (const o of victims) settle(o, Effect.fail(failure))
+      for (const o of victims) settle(o, failed(failure))
     }
 
     /** Fails everything, closes the connection. */
@@ -451,7 +452,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       this.retryAt = Infinity
       this.lastFailure = failure
       const victims = [...this.waiting, ...this.pending.values(), ...this.slotWaiters.slice(this.slotWaitersHead)]
-      for (const o of victims) if (o !== undefined) settle(o, Effect.fail(failure))
+      for (const o of victims) if (o !== undefined) settle(o, failed(failure))
       this.wire?.destroy()
     }
   }
@@ -594,7 +595,7 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
         closed = true
         const failure = transportError("closed", "", `the transport of node ${nodeId} was shut down`)
         for (const out of outbounds.values()) out.shutdown(transportError("closed", out.peer.id, failure.message))
-        for (const o of [...live]) settle(o, Effect.fail(failure))
+        for (const o of [...live]) settle(o, failed(failure))
         for (const i of inbounds) i.wire.destroy()
         server.close(() => resume(Effect.void))
       })
@@ -622,38 +623,48 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
     return bytes
   }
 
-  const enqueue = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number) =>
-    Effect.callback<unknown, TransportError>((resume) => {
-      if (closed) return resume(Effect.fail(transportError("closed", to.id, `the transport of node ${nodeId} is shut down`)))
+  /**
+   * Queues a request or one-way message; `resume` gets its outcome exactly once, unless the
+   * returned canceller runs first. Plain callbacks, so that the request path's plain lane
+   * (`requestNow`) and the Effect calls share one implementation.
+   */
+  const enqueue = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number, resume: Resume): (() => void) | undefined => {
+      if (closed) return void resume(failed(transportError("closed", to.id, `the transport of node ${nodeId} is shut down`)))
       const id = nextId++
       let bytes: Uint8Array | TransportError
       try {
         bytes = encodeOutgoing(to, { k: oneWay ? "one" : "req", id, p: payload })
       } catch (e) {
-        return resume(Effect.die(e))
+        return void resume({ ok: false, error: e, defect: true })
       }
-      if (!(bytes instanceof Uint8Array)) return resume(Effect.fail(bytes))
-      if (oneWay && dropped.has(to.id)) return resume(Effect.void)
+      if (!(bytes instanceof Uint8Array)) return void resume(failed(bytes))
+      if (oneWay && dropped.has(to.id)) return void resume(succeeded(undefined))
       const o: Outgoing = { id, bytes, oneWay, resume, timer: undefined, out: undefined, holdsSlot: false, queued: false, done: false }
       live.add(o)
       const limit = oneWay ? sendTimeoutMs : timeoutMs
       const onTimeout = () =>
-        settle(o, Effect.fail(transportError("timeout", to.id, oneWay ? `no room for a message to node ${to.id} within ${limit} ms` : `node ${to.id} did not answer within ${limit} ms`)))
+        settle(o, failed(transportError("timeout", to.id, oneWay ? `no room for a message to node ${to.id} within ${limit} ms` : `node ${to.id} did not answer within ${limit} ms`)))
       // setTimeout treats anything over 2^31-1 ms as 1 ms; Infinity means no limit.
       if (limit !== Infinity) o.timer = setTimeout(onTimeout, Math.min(Math.max(0, limit), MAX_TIMER_MS))
       // A dropped peer gets nothing; the request just runs out its time.
       if (oneWay || !dropped.has(to.id)) outboundFor(to).submit(o)
-      return Effect.sync(() => {
+      return () => {
         o.resume = undefined
         settle(o, undefined)
-      })
+      }
+  }
+  const enqueueEffect = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number) =>
+    Effect.callback<unknown, TransportError>((resume) => {
+      const cancel = enqueue(to, oneWay, payload, timeoutMs, (o) => resume(fromOutcome(o)))
+      return cancel === undefined ? undefined : Effect.sync(cancel)
     })
 
   const api: TransportApi = {
     self,
     cluster,
-    request: (to, payload, timeoutMs) => enqueue(to, false, payload, timeoutMs),
-    send: (to, payload) => Effect.asVoid(enqueue(to, true, payload, 0)),
+    request: (to, payload, timeoutMs) => enqueueEffect(to, false, payload, timeoutMs),
+    requestNow: (to, payload, timeoutMs) => new Promise((resolve, reject) => void enqueue(to, false, payload, timeoutMs, (o) => (o.ok ? resolve(o.value) : reject(o.error)))),
+    send: (to, payload) => Effect.asVoid(enqueueEffect(to, true, payload, 0)),
     serve: (h) => handlers.serve(h),
     setDropped: (ids) => {
       dropped = new Set(ids)

@@ -16,6 +16,7 @@ import type { TransportError } from "./TransportError.ts"
 export type { ClusterSettings } from "./Frame.ts"
 export { MemoryNetwork, type LinkConditions, type MemoryTransportConfig } from "./MemoryNetwork.ts"
 export type { TcpTransportConfig } from "./TcpTransport.ts"
+export type { Outcome } from "./Outcome.ts"
 export { HostileMessage, TransportError, transportErrorReasons, type TransportErrorReason } from "./TransportError.ts"
 
 /** Another node, as the transport reaches it. `port` is its cluster port. */
@@ -50,6 +51,12 @@ export interface TransportApi {
   readonly cluster: ClusterSettings
   /** Sends `payload` to `to` and waits at most `timeoutMs` for the answer. */
   readonly request: (to: Peer, payload: unknown, timeoutMs: number) => Effect.Effect<unknown, TransportError>
+  /**
+   * `request` as a plain Promise, for the request path's plain lane (no fiber per replica
+   * call): it resolves with the answer or rejects with a TransportError (or, for a payload that
+   * cannot be encoded, the encoder's error). It cannot be cancelled; its timeout ends it.
+   */
+  readonly requestNow: (to: Peer, payload: unknown, timeoutMs: number) => Promise<unknown>
   /**
    * Sends a one-way message, best effort: it succeeds once the message is handed to the
    * connection, waiting while the peer has `maxInFlight` messages in flight (`timeout` if no

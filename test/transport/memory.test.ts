@@ -1,12 +1,17 @@
 import { Context, Effect, Exit, Fiber, Layer, Logger, Scope } from "effect"
-import { TestClock } from "effect/testing"
 import t from "tap"
+import { VirtualLoop } from "../../sim/VirtualTime.ts"
 import { MemoryNetwork, Transport, type MemoryTransportConfig, type TransportError } from "../../src/transport/Transport.ts"
 import { CLUSTER, testHandler } from "./helpers.ts"
 
-/** Runs `body` under a TestClock: nothing timed happens until it adjusts the clock. */
+/**
+ * Runs `body` on the simulator's virtual time (the transport's timers are plain timers, which
+ * Effect's TestClock does not see): nothing timed happens until it waits with `adjust`.
+ */
 const simulated = <A>(body: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(body.pipe(Effect.scoped, Effect.provide(Layer.merge(TestClock.layer(), Logger.layer([])))))
+  new VirtualLoop(1).run(() => Effect.runPromise(body.pipe(Effect.scoped, Effect.provide(Logger.layer([])))))
+/** Lets `ms` of virtual time pass: every timer due by then runs first (it was set earlier). */
+const adjust = (ms: number) => Effect.sleep(ms)
 
 /** A node on `network` for the current scope, and a scope of its own to stop it early. */
 const node = Effect.fnUntraced(function*(network: MemoryNetwork, nodeId: string, config: Partial<MemoryTransportConfig> = {}) {
@@ -62,28 +67,28 @@ t.test("latency delays each direction; a request times out after exactly its tim
     const a = yield* node(net, "a")
     const b = yield* node(net, "b")
     const r = yield* start(a.api.request(b.api.self, { echo: 1 }, 1000))
-    yield* TestClock.adjust(19)
+    yield* adjust(19)
     t.equal(reasonOf(yield* r.poll), "running", "not back before two latencies")
-    yield* TestClock.adjust(1)
+    yield* adjust(1)
     yield* settle
     t.match(yield* Fiber.join(r.fiber), { echo: 1 }, "back after 10 + 10 ms")
 
     const slow = yield* start(a.api.request(b.api.self, { sleep: 500 }, 150))
-    yield* TestClock.adjust(149)
+    yield* adjust(149)
     t.equal(reasonOf(yield* slow.poll), "running")
-    yield* TestClock.adjust(1)
+    yield* adjust(1)
     yield* settle
     const e = yield* Effect.flip(Fiber.join(slow.fiber))
     t.match(e, { reason: "timeout", peer: "b" })
     t.match(e.message, /did not answer within 150 ms/)
-    yield* TestClock.adjust(1000)
+    yield* adjust(1000)
     t.equal(a.api.stats().pending, 0, "the late answer found nothing waiting")
 
     net.setLink("a", "b", { latencyMs: 100 })
     const far = yield* start(a.api.request(b.api.self, { echo: 2 }, 1000))
-    yield* TestClock.adjust(199)
+    yield* adjust(199)
     t.equal(reasonOf(yield* far.poll), "running", "per-link latency")
-    yield* TestClock.adjust(1)
+    yield* adjust(1)
     yield* settle
     t.equal(reasonOf(yield* far.poll), "ok")
   }))
@@ -100,24 +105,24 @@ t.test("partition and heal: silence and timeouts across the cut, other links una
     const ab = yield* start(a.api.request(b.api.self, { echo: 1 }, 100))
     const ba = yield* start(b.api.request(a.api.self, { echo: 2 }, 100))
     const ac = yield* start(a.api.request(c.api.self, { echo: 3 }, 100))
-    yield* TestClock.adjust(10)
+    yield* adjust(10)
     yield* settle
     t.equal(reasonOf(yield* ac.poll), "ok", "a↔c still talk")
     t.equal(reasonOf(yield* ab.poll), "running", "a→b is silent, not failed")
-    yield* TestClock.adjust(90)
+    yield* adjust(90)
     yield* settle
     t.equal(reasonOf(yield* ab.poll), "timeout")
     t.equal(reasonOf(yield* ba.poll), "timeout")
     t.equal(b.seen.length, 0, "nothing crossed the cut")
 
     net.heal()
-    t.match(yield* start(a.api.request(b.api.self, { echo: 4 }, 100)).pipe(Effect.tap(() => TestClock.adjust(10)), Effect.flatMap((r) => Fiber.join(r.fiber))), { echo: 4 })
+    t.match(yield* start(a.api.request(b.api.self, { echo: 4 }, 100)).pipe(Effect.tap(() => adjust(10)), Effect.flatMap((r) => Fiber.join(r.fiber))), { echo: 4 })
 
     // A message already on the wire is lost when the link is cut before it arrives.
     const inFlight = yield* start(a.api.request(b.api.self, { echo: 5 }, 100))
-    yield* TestClock.adjust(2)
+    yield* adjust(2)
     net.partition("a", "b")
-    yield* TestClock.adjust(100)
+    yield* adjust(100)
     yield* settle
     t.equal(reasonOf(yield* inFlight.poll), "timeout")
     t.notOk(b.seen.some((s) => (s.payload as { echo?: number }).echo === 5))
@@ -131,7 +136,7 @@ t.test("loss is seeded: the same seed loses the same messages", async (t) => {
       const a = yield* node(net, "a")
       const b = yield* node(net, "b")
       const runs = yield* Effect.forEach(Array.from({ length: 40 }, (_, i) => i), (i) => start(a.api.request(b.api.self, { echo: i }, 50)))
-      yield* TestClock.adjust(50)
+      yield* adjust(50)
       yield* settle
       return yield* Effect.forEach(runs, (r) => Effect.map(r.poll, reasonOf))
     }))
@@ -153,10 +158,10 @@ t.test("setDropped: requests to a dropped node time out, traffic from it is igno
     const ab = yield* start(a.api.request(b.api.self, { echo: 1 }, 200))
     const ba = yield* start(b.api.request(a.api.self, { echo: 2 }, 200))
     yield* a.api.send(b.api.self, { echo: 3 })
-    yield* TestClock.adjust(199)
+    yield* adjust(199)
     yield* settle
     t.equal(reasonOf(yield* ab.poll), "running", "no earlier than the timeout")
-    yield* TestClock.adjust(1)
+    yield* adjust(1)
     yield* settle
     t.equal(reasonOf(yield* ab.poll), "timeout")
     t.equal(reasonOf(yield* ba.poll), "timeout")
@@ -173,7 +178,7 @@ t.test("a node that leaves fails requests in flight at once; one not on the netw
     const a = yield* node(net, "a")
     const b = yield* node(net, "b")
     const r = yield* start(a.api.request(b.api.self, { sleep: 1000 }, 5000))
-    yield* TestClock.adjust(10)
+    yield* adjust(10)
     yield* b.stop
     yield* settle
     t.equal(reasonOf(yield* r.poll), "unreachable", "failed when b left, long before its timeout")
@@ -183,7 +188,7 @@ t.test("a node that leaves fails requests in flight at once; one not on the netw
     t.match(e.message, /not on the network/)
     t.match(yield* Effect.flip(a.api.send({ id: "nobody", host: "", port: 0 }, 1)), { reason: "unreachable" })
     yield* node(net, "b")
-    t.match(yield* start(a.api.request(b.api.self, { echo: "back" }, 100)).pipe(Effect.tap(() => TestClock.adjust(10)), Effect.flatMap((x) => Fiber.join(x.fiber))), { echo: "back" })
+    t.match(yield* start(a.api.request(b.api.self, { echo: "back" }, 100)).pipe(Effect.tap(() => adjust(10)), Effect.flatMap((x) => Fiber.join(x.fiber))), { echo: "back" })
     yield* a.stop
     t.match(yield* Effect.flip(a.api.request(b.api.self, 1, 100)), { reason: "closed" })
   }))
@@ -210,15 +215,15 @@ t.test("1000 concurrent requests, and a bound on requests in flight per peer", a
     const b = yield* node(net, "b")
     const c = yield* node(net, "c")
     const all = yield* start(Effect.forEach(Array.from({ length: 1000 }, (_, i) => i), (i) => b.api.request(c.api.self, { echo: i }, 1000), { concurrency: "unbounded" }))
-    yield* TestClock.adjust(20)
+    yield* adjust(20)
     yield* settle
     t.same(((yield* Fiber.join(all.fiber)) as Array<{ echo: number }>).map((x) => x.echo), Array.from({ length: 1000 }, (_, i) => i))
 
     const ten = yield* start(Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (i) => a.api.request(b.api.self, { echo: i, sleep: 100 }, 1000), { concurrency: "unbounded" }))
-    yield* TestClock.adjust(50)
+    yield* adjust(50)
     yield* settle
     t.equal(b.seen.length, 4, "only maxInFlight requests reach b at once")
-    yield* TestClock.adjust(1000)
+    yield* adjust(1000)
     yield* settle
     t.equal(((yield* Fiber.join(ten.fiber)) as unknown[]).length, 10)
   }))
