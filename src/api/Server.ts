@@ -27,8 +27,8 @@ export interface ApiDeps {
   readonly nodeId: string
   /** Runs a coordinator effect (the node's runtime). */
   readonly run: <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) => Promise<Exit.Exit<A, ApiError>>
-  /** The coordinator's fast lane (Coordinator.local), tried before `run`; absent: always `run`. */
-  readonly local?: Coordinator["Service"]["local"] | undefined
+  /** The coordinator's plain lane (Coordinator.now): no Effect runtime per request. Absent: always `run`. */
+  readonly plain?: Coordinator["Service"]["now"] | undefined
   /** Current request defaults and limits (live settings). */
   readonly settings: () => RequestDefaults & { readonly maxValueBytes: number }
   readonly metrics: Metrics
@@ -235,13 +235,16 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     const q = parseQuorum("r", req.query, deps.settings())
     if (q instanceof ApiError) return sendError(reply, q)
     let res: ReadResult | undefined
-    try {
-      res = deps.local?.get(key)
-    } catch (e) {
-      if (e instanceof ApiError) return sendError(reply, e)
-      throw e
+    if (deps.plain === undefined) res = await call(reply, (c) => c.get(key, q))
+    else {
+      try {
+        const r = deps.plain.get(key, q)
+        res = r instanceof Promise ? await r : r
+      } catch (e) {
+        if (e instanceof ApiError) return sendError(reply, e)
+        throw e
+      }
     }
-    res ??= await call(reply, (c) => c.get(key, q))
     if (res === undefined) return reply
     const o = res.object
     if (o === undefined) return sendError(reply, apiError("not_found", `no value for key ${JSON.stringify(key)}`))
@@ -274,13 +277,12 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     if (contentType instanceof ApiError) return sendError(reply, contentType)
     const body = deleted ? Buffer.alloc(0) : ((req.body as Buffer | undefined) ?? Buffer.alloc(0))
     const sibling: Sibling = { value: body, contentType, lastModified: now(), deleted }
-    const fast = deps.local?.put(key, context, sibling)
     let res: Coordinated | undefined
-    if (fast === undefined) res = await call(reply, (c) => c.put(key, context, sibling, q))
+    if (deps.plain === undefined) res = await call(reply, (c) => c.put(key, context, sibling, q))
     else {
       try {
-        const r = await fast
-        // The replica's Effect path logs this warning itself; the fast lane has no logger there.
+        const r = await deps.plain.put(key, context, sibling, q)
+        // The replica's Effect path logs this warning itself; the plain lane has no logger there.
         if (r.warn) req.log.warn(siblingWarning(key, r.object))
         res = r
       } catch (e) {

@@ -13,17 +13,18 @@
  * (ClusterState.quorumSets). A write that misses its quorum is not undone (as in Dynamo): it
  * may surface later.
  */
-import { Clock, Context, Deferred, Effect, Exit, Layer, Option, Random } from "effect"
+import { Context, Effect, Layer, Random } from "effect"
 import { apiError, ApiError } from "../Errors.ts"
 import { Handoff } from "../handoff/Handoff.ts"
 import { Membership } from "../membership/Membership.ts"
-import { Replica, type Coordinated, type Encoded } from "../replica/Replica.ts"
+import { Replica, siblingWarning, type Coordinated, type Encoded } from "../replica/Replica.ts"
 import { quorumSets } from "../membership/ClusterState.ts"
 import { partitionOf, ringWalk } from "../ring/Ring.ts"
 import { Transport, TransportError } from "../transport/Transport.ts"
 import * as Dvv from "../versions/Dvv.ts"
 import { decodeObject, decodeSibling, encodeObject, encodeSibling, type Sibling, type StoredObject } from "../versions/Sibling.ts"
 import type { DataMessage, DataReply } from "./Messages.ts"
+import { awaitQuorum, groupsOf, hedged, type Quorate, type QuorumGroup, type Task } from "./Quorum.ts"
 
 /** Per-request quorum settings, already validated against N. */
 export interface Quorum {
@@ -95,96 +96,24 @@ export class Coordinator extends Context.Service<Coordinator, {
   readonly deliver: (owner: string, records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>) => Effect.Effect<void, unknown>
   /** Answers a data message from another node. */
   readonly handle: (from: string, msg: DataMessage) => Effect.Effect<DataReply>
+  /** `handle` as a plain Promise for a replica's read or copy of a write; undefined for other messages. */
+  readonly handleNow: (from: string, msg: DataMessage) => Promise<DataReply> | undefined
   /**
-   * The fast lane, plain functions with no fiber, for a key whose only replica is this node
-   * (a cluster of one): undefined when it does not apply (then `get` or `put` answers).
-   * `get` throws an ApiError; `put` rejects with one.
+   * The request path's plain lane: `get` and `put` with no fiber and no Effect runtime (the
+   * Effect `get` and `put` above are built on them, so there is one implementation). `get`
+   * answers at once (or throws an ApiError) for a key whose only replica is this node, else
+   * resolves or rejects with one; `put` rejects with one. `warn` says the key has reached the
+   * sibling warning, where this node made the version (a forwarded write's coordinator logs it).
    */
-  readonly local: {
-    readonly get: (key: string) => ReadResult | undefined
-    readonly put: (key: string, context: Dvv.Context, sibling: Sibling) => Promise<Coordinated & { readonly warn: boolean }> | undefined
+  readonly now: {
+    readonly get: (key: string, q: Quorum) => ReadResult | Promise<ReadResult>
+    readonly put: (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum) => Promise<Coordinated & { readonly warn: boolean }>
   }
 }>()("tally/coordinator/Coordinator") {
   static readonly layer = (config: CoordinatorConfig) => Layer.effect(Coordinator, make(config))
 }
 
-/** Tasks (by index) of which at least `needed` must succeed: one replica set's quorum. */
-export interface QuorumGroup {
-  readonly tasks: ReadonlyArray<number>
-  readonly needed: number
-}
-
-/** How a wait for a quorum ended. */
-export interface Quorate<A> {
-  /** Successes when the wait ended, in the order they came (every group met if `ok`). */
-  readonly results: ReadonlyArray<A>
-  readonly ok: boolean
-  readonly timedOut: boolean
-  /** Per group, its tasks that had succeeded when the wait ended. */
-  readonly counts: ReadonlyArray<number>
-  /** Every success, once every task has settled. */
-  readonly all: Effect.Effect<ReadonlyArray<A>>
-}
-
-/**
- * Runs `tasks` concurrently and returns once every group has `needed` successes, or after
- * `timeoutMs`. Once some group can no longer be met, it still waits (within the timeout) for
- * the tasks in flight, so that a failure counts every replica that did acknowledge: a replica
- * known to be down fails at once, before a healthy one could answer. The tasks left running
- * go on in the background.
- */
-export const awaitQuorum = <A>(tasks: ReadonlyArray<Effect.Effect<A, unknown>>, groups: ReadonlyArray<QuorumGroup>, timeoutMs: number) =>
-  Effect.gen(function*() {
-    const clock = yield* Clock.Clock
-    const started = clock.currentTimeMillisUnsafe()
-    const state = new Array<"running" | "ok" | "failed">(tasks.length).fill("running")
-    const results: A[] = []
-    let settledTasks = 0
-    const decided = yield* Deferred.make<void>()
-    const settled = yield* Deferred.make<ReadonlyArray<A>>()
-    const count = (g: QuorumGroup, s: "ok" | "failed") => g.tasks.reduce((n, i) => n + (state[i] === s ? 1 : 0), 0)
-    const met = () => groups.every((g) => count(g, "ok") >= g.needed)
-    const hopeless = () => groups.some((g) => g.tasks.length - count(g, "failed") < g.needed)
-    const check = () => {
-      if (met() || hopeless()) Deferred.doneUnsafe(decided, Exit.void)
-      if (settledTasks === tasks.length) Deferred.doneUnsafe(settled, Exit.succeed(results))
-    }
-    check()
-    for (let i = 0; i < tasks.length; i++) {
-      yield* tasks[i]!.pipe(
-        Effect.exit,
-        Effect.map((exit) => {
-          settledTasks++
-          if (Exit.isSuccess(exit)) {
-            state[i] = "ok"
-            results.push(exit.value)
-          } else state[i] = "failed"
-          check()
-        }),
-        Effect.forkDetach
-      )
-    }
-    const timedOut = Option.isNone(yield* Deferred.await(decided).pipe(Effect.timeoutOption(timeoutMs)))
-    if (!timedOut && !met()) {
-      const left = timeoutMs - (clock.currentTimeMillisUnsafe() - started)
-      if (left > 0) yield* Deferred.await(settled).pipe(Effect.timeoutOption(left))
-    }
-    const ok = met()
-    return { results: [...results], ok, timedOut: timedOut && !ok, counts: groups.map((g) => count(g, "ok")), all: Deferred.await(settled) } satisfies Quorate<A>
-  })
-
-/** The groups for tasks labelled by the node each stands for: per replica set, its tasks, and min(count, size). */
-export const groupsOf = (sets: ReadonlyArray<ReadonlyArray<string>>, labels: ReadonlyArray<string>, count: number): QuorumGroup[] =>
-  sets.map((set) => ({ tasks: labels.flatMap((l, i) => (set.includes(l) ? [i] : [])), needed: Math.min(count, set.length) }))
-
-/**
- * A replica operation with a hedge: if it has not succeeded within a quarter of the timeout
- * (250 ms at most), `backup` (the fallback) runs too and the first success counts. A silent
- * primary, partitioned away before the failure detector says so, then costs a fraction of
- * the request's timeout instead of all of it.
- */
-const hedged = <A>(task: Effect.Effect<A, unknown>, backup: (() => Effect.Effect<A, unknown>) | undefined, timeoutMs: number): Effect.Effect<A, unknown> =>
-  backup === undefined ? task : Effect.race(task, Effect.sleep(Math.min(250, Math.floor(timeoutMs / 4))).pipe(Effect.andThen(Effect.suspend(backup))))
+export { awaitQuorum, groupsOf, type Quorate, type QuorumGroup } from "./Quorum.ts"
 
 const mergeAll = (found: ReadonlyArray<Encoded | undefined>): StoredObject | undefined =>
   found.reduce<StoredObject | undefined>((acc, x) => (x === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
@@ -203,8 +132,15 @@ interface Placement {
 /** Recent forwarded writes by request id: the write context, once the write is durable here. */
 interface RecentWrite {
   readonly key: string
-  readonly context: Deferred.Deferred<string | undefined>
+  /** Resolves with the write's context once it is durable here, undefined if it failed. */
+  readonly context: Promise<string | undefined>
+  readonly settle: (context: string | undefined) => void
 }
+
+/** An ApiError as a data reply. */
+const apiErrorReply = (e: ApiError): DataReply => ({ t: "apierr", code: e.code, message: e.message, ...(e.needed === undefined ? {} : { needed: e.needed, got: e.got }) }) as DataReply
+/** What a plain call rejected with, as an ApiError (the replica's calls reject with one; anything else is the disk's). */
+const asApiError = (e: unknown): ApiError => (e instanceof ApiError ? e : apiError("storage_error", `the local replica failed: ${String(e)}`))
 
 /** A peer's transport answered that it serves no requests yet (Reply.ts): it is starting. */
 const starting = (e: unknown) => e instanceof TransportError && e.reason === "remote" && e.remoteCode === "unavailable"
@@ -241,6 +177,10 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
   let ridCounter = 0
   const recent = new Map<string, RecentWrite>()
 
+  // Effects the plain lane needs now and then (parking a hint, reading parked ones) run with
+  // this node's services, its logger included; the request path itself runs none.
+  const runEffect = Effect.runPromiseWith(yield* Effect.context<never>())
+
   const placement = (key: string): Placement => {
     const ring = membership.ring()
     const p = partitionOf(key, ring.partitions)
@@ -254,7 +194,7 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
   /**
    * Whether this node is the key's one replica, now and in the next ring: then a read or a
    * write needs no other node, whatever r or w (each set's quorum is min(count, 1)), no
-   * fallback, hedge, timer or repair, and the fast lane serves it.
+   * fallback, hedge, timer or repair.
    */
   const alone = (key: string): boolean => {
     if (!membership.joined()) return false
@@ -263,49 +203,62 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
     return sets.every((s) => s.length === 1 && s[0] === self)
   }
 
+  const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
   /**
    * One data message to `id`, answered within `timeoutMs`. A node that is a ring member but
    * still starting (it joined, and has not begun to serve) is asked again every 50 ms unless
-   * `once`: during a move it may be a replica that a quorum of the next set needs.
+   * `once`: during a move it may be a replica that a quorum of the next set needs. An `apierr`
+   * answer rejects with that ApiError.
    */
-  const call = (id: string, msg: DataMessage, timeoutMs: number, once = false): Effect.Effect<DataReply, unknown> => {
+  const call = async (id: string, msg: DataMessage, timeoutMs: number, once = false): Promise<DataReply> => {
     const peer = membership.peer(id)
-    if (peer === undefined) return Effect.fail(new Error(`unknown node ${id}`))
+    if (peer === undefined) throw new Error(`unknown node ${id}`)
     // Deadlines on the monotonic clock: a wall clock stepped back (NTP, the simulator's skew)
     // must not stretch a request's timeout, nor a step forward cut it.
     const deadline = performance.now() + timeoutMs
-    const attempt = (): Effect.Effect<unknown, unknown> =>
-      transport.request(peer, msg, Math.max(1, deadline - performance.now())).pipe(
-        Effect.catch((e) => (!once && starting(e) && deadline - performance.now() > STARTING_RETRY_MS ? Effect.sleep(STARTING_RETRY_MS).pipe(Effect.andThen(Effect.suspend(attempt))) : Effect.fail(e)))
-      )
-    return attempt().pipe(
-      Effect.flatMap((r) => {
-        const reply = r as DataReply
-        return reply?.t === "apierr" ? Effect.fail(apiError(reply.code, reply.message, { needed: reply.needed, got: reply.got })) : Effect.succeed(reply)
-      })
-    )
+    for (;;) {
+      let r: unknown
+      try {
+        r = await transport.requestNow(peer, msg, Math.max(1, deadline - performance.now()))
+      } catch (e) {
+        if (!once && starting(e) && deadline - performance.now() > STARTING_RETRY_MS) {
+          await sleep(STARTING_RETRY_MS)
+          continue
+        }
+        throw e
+      }
+      const reply = r as DataReply
+      if (reply?.t === "apierr") throw apiError(reply.code, reply.message, { needed: reply.needed, got: reply.got })
+      return reply
+    }
   }
+
+  /** Parks `object` here for `owner` (Handoff.park, an Effect with its own locks and files). */
+  const parkNow = (owner: string, key: string, object: StoredObject) => runEffect(handoff.park(owner, key, object))
 
   /** Stores `object` on `id`; `forwarded` (a forwarded write's id and context) lets `id` recognise a retry of it. */
-  const putTo = (id: string, key: string, object: StoredObject, bytes: Uint8Array, timeoutMs: number, hint?: string, forwarded?: { readonly rid: string; readonly ctx: string }): Effect.Effect<void, unknown> => {
-    if (id === self) return hint === undefined ? Effect.asVoid(replica.merge(key, object)) : handoff.park(hint, key, object)
-    return Effect.asVoid(call(id, { t: "put", key, object: bytes, ...(hint === undefined ? {} : { hint }), ...(hint === undefined && forwarded !== undefined ? forwarded : {}) }, timeoutMs))
+  const putTo = async (id: string, key: string, object: StoredObject, bytes: Uint8Array, timeoutMs: number, hint?: string, forwarded?: { readonly rid: string; readonly ctx: string }): Promise<void> => {
+    if (id === self) {
+      if (hint === undefined) await replica.now.merge(key, object)
+      else await parkNow(hint, key, object)
+      return
+    }
+    await call(id, { t: "put", key, object: bytes, ...(hint === undefined ? {} : { hint }), ...(hint === undefined && forwarded !== undefined ? forwarded : {}) }, timeoutMs)
   }
 
-  const getFrom = (id: string, key: string, timeoutMs: number, hint?: string): Effect.Effect<Encoded | undefined, unknown> => {
+  const getFrom = async (id: string, key: string, timeoutMs: number, hint?: string): Promise<Encoded | undefined> => {
     if (id === self) {
-      return hint === undefined
-        ? replica.readEncoded(key)
-        : (hint === "*" ? handoff.readAll(key) : handoff.read(hint, key)).pipe(Effect.map((object) => (object === undefined ? undefined : { object, bytes: encodeObject(object) })))
+      if (hint === undefined) return replica.now.readEncoded(key)
+      const object = await runEffect(hint === "*" ? handoff.readAll(key) : handoff.read(hint, key))
+      return object === undefined ? undefined : { object, bytes: encodeObject(object) }
     }
-    return call(id, { t: "get", key, ...(hint === undefined ? {} : { hint }) }, timeoutMs).pipe(
-      Effect.flatMap((r) => {
-        if (r.t !== "obj") return Effect.fail(new Error(`unexpected reply ${r.t}`))
-        if (r.object === null) return Effect.succeed(undefined)
-        const object = decodeObject(r.object)
-        return object === undefined ? Effect.fail(new Error(`${id} sent an unreadable object`)) : Effect.succeed({ object, bytes: r.object })
-      })
-    )
+    const r = await call(id, { t: "get", key, ...(hint === undefined ? {} : { hint }) }, timeoutMs)
+    if (r.t !== "obj") throw new Error(`unexpected reply ${r.t}`)
+    if (r.object === null) return undefined
+    const object = decodeObject(r.object)
+    if (object === undefined) throw new Error(`${id} sent an unreadable object`)
+    return { object, bytes: r.object }
   }
 
   /** The fallbacks of a key, in ring-walk order: healthy nodes outside its replica sets. */
@@ -331,63 +284,75 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
    * key's other replicas and waits for w of each replica set. A replica being gained during a
    * move gets it like any other and counts toward the next set.
    */
-  const replicate = (key: string, res: Coordinated, q: Quorum, place: Placement, rid?: string) =>
-    Effect.gen(function*() {
-      const { prefs, sets, replicas, walk } = place
-      const bytes = encodeObject(res.object)
-      const forwarded = rid === undefined ? undefined : { rid, ctx: Dvv.encodeContext(res.context) }
-      const fallbacks = fallbacksOf(replicas, walk).filter((id) => id !== self)
-      const takeFallback = () => fallbacks.shift()
-      // A replica that cannot take its copy gets it later through handoff. A distinct healthy
-      // fallback parks it and counts toward w (sloppy quorum); when there is none (a cluster of
-      // N nodes or fewer), or in strict mode, this node parks it and it does not count: one
-      // node holding two copies is one replica.
-      const parkHere = (owner: string) =>
-        Effect.sync(() => stats.fallbackWrites++).pipe(Effect.andThen(handoff.park(owner, key, res.object))).pipe(Effect.ignore, Effect.andThen(Effect.fail(new Error(`${owner} unreachable; parked here`))))
-      const hinted = (owner: string): Effect.Effect<void, unknown> => {
-        const f = q.sloppy ? takeFallback() : undefined
-        if (f === undefined) return parkHere(owner)
-        stats.fallbackWrites++
-        return putTo(f, key, res.object, bytes, q.timeoutMs, owner).pipe(Effect.catch(() => parkHere(owner)))
-      }
-      // Each task is labelled with the replica it stands for; this node's own copy is durable.
-      const labels: string[] = []
-      const tasks: Array<Effect.Effect<void, unknown>> = []
-      if (replicas.includes(self)) {
-        labels.push(self)
-        tasks.push(Effect.void)
-      }
-      if (!prefs.includes(self)) {
-        // Coordinating outside the list (every primary unreachable): park our copy for the first.
-        labels.push(prefs[0]!)
-        tasks.push(handoff.park(prefs[0]!, key, res.object))
-      }
-      for (const p of replicas) {
-        if (p === self) continue
-        const direct = usable(p) ? putTo(p, key, res.object, bytes, q.timeoutMs, undefined, forwarded) : Effect.fail(new Error(`${p} is down`))
-        labels.push(p)
-        tasks.push(hedged(direct.pipe(Effect.catch(() => hinted(p))), q.sloppy && usable(p) ? () => hinted(p) : undefined, q.timeoutMs))
-      }
-      const groups = groupsOf(sets, labels, q.count)
-      const r = yield* awaitQuorum(tasks, groups, q.timeoutMs)
-      if (!r.ok) {
-        stats.quorumFailures.put++
-        return yield* missed(r, groups, q.timeoutMs)
-      }
-      return res
-    })
+  const replicate = async <R extends Coordinated>(key: string, res: R, q: Quorum, place: Placement, rid?: string): Promise<R> => {
+    const { prefs, sets, replicas, walk } = place
+    const bytes = encodeObject(res.object)
+    const forwarded = rid === undefined ? undefined : { rid, ctx: Dvv.encodeContext(res.context) }
+    const fallbacks = fallbacksOf(replicas, walk).filter((id) => id !== self)
+    // A replica that cannot take its copy gets it later through handoff. A distinct healthy
+    // fallback parks it and counts toward w (sloppy quorum); when there is none (a cluster of
+    // N nodes or fewer), or in strict mode, this node parks it and it does not count: one
+    // node holding two copies is one replica.
+    const parkHere = async (owner: string): Promise<void> => {
+      stats.fallbackWrites++
+      await parkNow(owner, key, res.object).catch(() => {})
+      throw new Error(`${owner} unreachable; parked here`)
+    }
+    const hinted = (owner: string): Promise<void> => {
+      const f = q.sloppy ? fallbacks.shift() : undefined
+      if (f === undefined) return parkHere(owner)
+      stats.fallbackWrites++
+      return putTo(f, key, res.object, bytes, q.timeoutMs, owner).catch(() => parkHere(owner))
+    }
+    // Each task is labelled with the replica it stands for; this node's own copy is durable.
+    const labels: string[] = []
+    const tasks: Array<Task<void>> = []
+    if (replicas.includes(self)) {
+      labels.push(self)
+      tasks.push(() => Promise.resolve())
+    }
+    if (!prefs.includes(self)) {
+      // Coordinating outside the list (every primary unreachable): park our copy for the first.
+      labels.push(prefs[0]!)
+      tasks.push(() => parkNow(prefs[0]!, key, res.object))
+    }
+    for (const p of replicas) {
+      if (p === self) continue
+      const direct: Task<void> = usable(p) ? () => putTo(p, key, res.object, bytes, q.timeoutMs, undefined, forwarded) : () => Promise.reject(new Error(`${p} is down`))
+      labels.push(p)
+      tasks.push(hedged(() => direct().catch(() => hinted(p)), q.sloppy && usable(p) ? () => hinted(p) : undefined, q.timeoutMs))
+    }
+    const groups = groupsOf(sets, labels, q.count)
+    const r = await awaitQuorum(tasks, groups, q.timeoutMs)
+    if (!r.ok) {
+      stats.quorumFailures.put++
+      throw missed(r, groups, q.timeoutMs)
+    }
+    return res
+  }
 
-  const coordinate = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, place: Placement) =>
-    replica.coordinate(key, context, sibling).pipe(Effect.flatMap((res) => replicate(key, res, q, place)))
+  const coordinate = async (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, place: Placement) =>
+    replicate(key, await replica.now.coordinate(key, context, sibling), q, place)
 
   /** Remembers a forwarded write's id, dropping the oldest beyond the bound. */
-  const remember = (rid: string, key: string) =>
-    Effect.gen(function*() {
-      const entry: RecentWrite = { key, context: yield* Deferred.make<string | undefined>() }
-      recent.delete(rid)
-      recent.set(rid, entry)
-      if (recent.size > RECENT_WRITES) recent.delete(recent.keys().next().value!)
-      return entry
+  const remember = (rid: string, key: string): RecentWrite => {
+    let settle: (ctx: string | undefined) => void = () => {}
+    const context = new Promise<string | undefined>((resolve) => (settle = resolve))
+    const entry: RecentWrite = { key, context, settle }
+    recent.delete(rid)
+    recent.set(rid, entry)
+    if (recent.size > RECENT_WRITES) recent.delete(recent.keys().next().value!)
+    return entry
+  }
+
+  /** Waits for `p` at most `ms`: undefined when the time ran out first. */
+  const within = <A>(p: Promise<A>, ms: number): Promise<{ readonly value: A } | undefined> =>
+    new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(undefined), ms)
+      p.then((value) => {
+        clearTimeout(timer)
+        resolve({ value })
+      })
     })
 
   /**
@@ -397,112 +362,124 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
    * then replicates the copy it holds again, under the retry's quorum, instead of making a
    * second version of the same write (a spurious sibling).
    */
-  const coordinateOnce = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, place: Placement, rid: string | undefined) =>
-    Effect.gen(function*() {
-      if (rid === undefined) return yield* coordinate(key, context, sibling, q, place)
-      const seen = recent.get(rid)
-      if (seen !== undefined && seen.key === key) {
-        const done = yield* Deferred.await(seen.context).pipe(Effect.timeoutOption(q.timeoutMs))
-        if (Option.isNone(done)) return yield* notMet(Math.min(q.count, place.prefs.length), 0, true, q.timeoutMs)
-        const ctx = done.value === undefined ? undefined : Dvv.decodeContext(done.value)
-        const local = ctx === undefined ? undefined : yield* replica.readEncoded(key)
-        if (ctx !== undefined && local !== undefined) return yield* replicate(key, { object: local.object, bytes: local.bytes.length, context: ctx }, q, place, rid)
-      }
-      const entry = yield* remember(rid, key)
-      // Settled however it ends (an interrupted attempt too), so that a retry never waits in vain.
-      const res = yield* replica.coordinate(key, context, sibling).pipe(
-        Effect.onExit((exit) => Deferred.succeed(entry.context, Exit.isSuccess(exit) ? Dvv.encodeContext(exit.value.context) : undefined))
-      )
-      return yield* replicate(key, res, q, place, rid)
-    })
+  const coordinateOnce = async (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum, place: Placement, rid: string | undefined): Promise<Coordinated & { readonly warn: boolean }> => {
+    if (rid === undefined) return coordinate(key, context, sibling, q, place)
+    const seen = recent.get(rid)
+    if (seen !== undefined && seen.key === key) {
+      const done = await within(seen.context, q.timeoutMs)
+      if (done === undefined) throw notMet(Math.min(q.count, place.prefs.length), 0, true, q.timeoutMs)
+      const ctx = done.value === undefined ? undefined : Dvv.decodeContext(done.value)
+      const local = ctx === undefined ? undefined : replica.now.readEncoded(key)
+      if (ctx !== undefined && local !== undefined) return replicate(key, { object: local.object, bytes: local.bytes.length, context: ctx, warn: false }, q, place, rid)
+    }
+    const entry = remember(rid, key)
+    // Settled however it ends, so that a retry never waits in vain.
+    let res: Coordinated & { readonly warn: boolean }
+    try {
+      res = await replica.now.coordinate(key, context, sibling)
+    } catch (e) {
+      entry.settle(undefined)
+      throw e
+    }
+    entry.settle(Dvv.encodeContext(res.context))
+    return replicate(key, res, q, place, rid)
+  }
 
   /** A node outside the ring knows no owners: it must not answer for them, least of all acknowledge a write. */
   const notJoined = () => apiError("not_joined", `node ${self} is not yet a ring member: no seed has accepted it. Nothing was written; use another node, or wait until /health answers 200`)
 
-  const put = (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum): Effect.Effect<Coordinated, ApiError> =>
-    Effect.gen(function*() {
-      if (!membership.joined()) return yield* notJoined()
-      const place = placement(key)
-      const { prefs } = place
-      if (prefs.includes(self)) return yield* coordinate(key, context, sibling, q, place)
-      // The request's timeout bounds all forwarding attempts together, not each one. Every
-      // attempt carries the same request id, so a primary that has the write already does
-      // not coordinate it again.
-      const deadline = performance.now() + q.timeoutMs
-      const rid = `${ridPrefix}:${(ridCounter++).toString(36)}`
-      for (const p of prefs.filter(usable)) {
-        const left = deadline - performance.now()
-        if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
-        stats.forwardedWrites++
-        // Whole milliseconds: the receiver's check (Messages.ts) takes an integer timeout, and the
-        // monotonic clock's remainder is fractional; a fractional one was refused as hostile.
-        const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: Math.max(1, Math.floor(left)), rid }
-        // A primary still starting has not seen the message: the next one is tried at once.
-        const reply = yield* call(p, msg, left, true).pipe(Effect.exit)
-        if (Exit.isSuccess(reply)) {
-          const r = reply.value
-          const object = r.t === "coorded" ? decodeObject(r.object) : undefined
-          const ctx = r.t === "coorded" ? Dvv.decodeContext(r.context) : undefined
-          if (object === undefined || ctx === undefined) return yield* apiError("storage_error", `${p} answered a forwarded write with ${r.t}`)
-          return { object, context: ctx, bytes: r.t === "coorded" ? r.object.length : 0 }
-        }
-        const err = reply.cause.reasons.find((x) => x._tag === "Fail")
-        if (err !== undefined && err._tag === "Fail" && err.error instanceof ApiError) return yield* err.error
-      }
-      if (!q.sloppy) return yield* notMet(Math.min(q.count, prefs.length), 0, false, q.timeoutMs)
+  /** A coordinated write; rejects with an ApiError. `warn`: the key has reached the sibling warning (known where this node made the version). */
+  const put = async (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum): Promise<Coordinated & { readonly warn: boolean }> => {
+    // A cluster of one: the local write is the whole request.
+    if (alone(key)) return replica.now.coordinate(key, context, sibling)
+    if (!membership.joined()) throw notJoined()
+    const place = placement(key)
+    const { prefs } = place
+    if (prefs.includes(self)) return coordinate(key, context, sibling, q, place)
+    // The request's timeout bounds all forwarding attempts together, not each one. Every
+    // attempt carries the same request id, so a primary that has the write already does
+    // not coordinate it again.
+    const deadline = performance.now() + q.timeoutMs
+    const rid = `${ridPrefix}:${(ridCounter++).toString(36)}`
+    for (const p of prefs.filter(usable)) {
       const left = deadline - performance.now()
-      if (left <= 0) return yield* notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
-      return yield* coordinate(key, context, sibling, { ...q, timeoutMs: left }, place)
-    })
+      if (left <= 0) throw notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
+      stats.forwardedWrites++
+      // Whole milliseconds: the receiver's check (Messages.ts) takes an integer timeout, and the
+      // monotonic clock's remainder is fractional; a fractional one was refused as hostile.
+      const msg: DataMessage = { t: "coord", key, context: Dvv.encodeContext(context), sibling: encodeSibling(sibling), w: q.count, sloppy: q.sloppy, timeoutMs: Math.max(1, Math.floor(left)), rid }
+      let r: DataReply
+      try {
+        // A primary still starting has not seen the message: the next one is tried at once.
+        r = await call(p, msg, left, true)
+      } catch (e) {
+        if (e instanceof ApiError) throw e
+        continue
+      }
+      const object = r.t === "coorded" ? decodeObject(r.object) : undefined
+      const ctx = r.t === "coorded" ? Dvv.decodeContext(r.context) : undefined
+      if (object === undefined || ctx === undefined) throw apiError("storage_error", `${p} answered a forwarded write with ${r.t}`)
+      return { object, context: ctx, bytes: r.t === "coorded" ? r.object.length : 0, warn: false }
+    }
+    if (!q.sloppy) throw notMet(Math.min(q.count, prefs.length), 0, false, q.timeoutMs)
+    const left = deadline - performance.now()
+    if (left <= 0) throw notMet(Math.min(q.count, prefs.length), 0, true, q.timeoutMs)
+    return coordinate(key, context, sibling, { ...q, timeoutMs: left }, place)
+  }
 
   type Reply = { readonly from: string; readonly primary: boolean; readonly found: Encoded | undefined }
 
-  const get = (key: string, q: Quorum): Effect.Effect<ReadResult, ApiError> =>
-    Effect.gen(function*() {
-      if (!membership.joined()) return yield* notJoined()
-      const { sets, replicas, walk } = placement(key)
-      const fallbacks = fallbacksOf(replicas, walk)
-      const tasks = replicas.map((p): Effect.Effect<Reply, unknown> => {
-        const direct = usable(p) ? getFrom(p, key, q.timeoutMs).pipe(Effect.map((found) => ({ from: p, primary: true, found }))) : Effect.fail(new Error(`${p} is down`))
-        if (!q.sloppy) return direct
-        // A fallback answers with everything it holds parked under the key, for any owner:
-        // the write it is asked to stand in for may have been parked for another primary.
-        const viaFallback = () => {
-          const f = fallbacks.shift()
-          return f === undefined ? Effect.fail(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, "*").pipe(Effect.map((found): Reply => ({ from: f, primary: false, found })))
-        }
-        return hedged(direct.pipe(Effect.catch(viaFallback)), usable(p) ? viaFallback : undefined, q.timeoutMs)
-      })
-      const groups = groupsOf(sets, replicas, q.count)
-      const r = yield* awaitQuorum(tasks, groups, q.timeoutMs)
-      if (!r.ok) {
-        stats.quorumFailures.get++
-        return yield* missed(r, groups, q.timeoutMs)
+  /** A read; rejects with an ApiError. A cluster of one answers synchronously (or throws). */
+  const get = (key: string, q: Quorum): ReadResult | Promise<ReadResult> => {
+    if (alone(key)) return { object: replica.now.readEncoded(key)?.object, replies: 1 }
+    return getReplicated(key, q)
+  }
+
+  const getReplicated = async (key: string, q: Quorum): Promise<ReadResult> => {
+    if (!membership.joined()) throw notJoined()
+    const { sets, replicas, walk } = placement(key)
+    const fallbacks = fallbacksOf(replicas, walk)
+    const tasks = replicas.map((p): Task<Reply> => {
+      const direct: Task<Reply> = usable(p) ? () => getFrom(p, key, q.timeoutMs).then((found) => ({ from: p, primary: true, found })) : () => Promise.reject(new Error(`${p} is down`))
+      if (!q.sloppy) return direct
+      // A fallback answers with everything it holds parked under the key, for any owner:
+      // the write it is asked to stand in for may have been parked for another primary.
+      const viaFallback = (): Promise<Reply> => {
+        const f = fallbacks.shift()
+        return f === undefined ? Promise.reject(new Error(`no fallback for ${p}`)) : getFrom(f, key, q.timeoutMs, "*").then((found): Reply => ({ from: f, primary: false, found }))
       }
-      // Read repair, once every replica has answered: replicas holding less get the merge.
-      if (repairing >= maxRepairs) stats.readRepairsDropped++
-      else {
-        repairing++
-        yield* r.all.pipe(Effect.flatMap((all) => repair(key, replicas, all, q.timeoutMs)), Effect.ensuring(Effect.sync(() => void repairing--)), Effect.forkDetach)
-      }
-      return { object: mergeAll(r.results.map((x) => x.found)), replies: r.results.length }
+      return hedged(() => direct().catch(viaFallback), usable(p) ? viaFallback : undefined, q.timeoutMs)
     })
+    const groups = groupsOf(sets, replicas, q.count)
+    const r = await awaitQuorum(tasks, groups, q.timeoutMs)
+    if (!r.ok) {
+      stats.quorumFailures.get++
+      throw missed(r, groups, q.timeoutMs)
+    }
+    // Read repair, once every replica has answered: replicas holding less get the merge.
+    if (repairing >= maxRepairs) stats.readRepairsDropped++
+    else {
+      repairing++
+      void r.all.then((all) => repair(key, replicas, all, q.timeoutMs)).catch(() => {}).finally(() => void repairing--)
+    }
+    return { object: mergeAll(r.results.map((x) => x.found)), replies: r.results.length }
+  }
 
   /** Sends the merge of `all` to the replicas whose copy differs from it (or who had none). */
-  const repair = (key: string, replicas: ReadonlyArray<string>, all: ReadonlyArray<Reply>, timeoutMs: number) => {
+  const repair = async (key: string, replicas: ReadonlyArray<string>, all: ReadonlyArray<Reply>, timeoutMs: number): Promise<void> => {
     const primaries = all.filter((x) => x.primary)
     const first = primaries[0]?.found
     // The common case: every replica answered with the same bytes. Nothing to merge or encode.
-    if (primaries.length === replicas.length && first !== undefined && all.every((x) => x.found !== undefined && Buffer.compare(x.found.bytes, first.bytes) === 0)) return Effect.void
+    if (primaries.length === replicas.length && first !== undefined && all.every((x) => x.found !== undefined && Buffer.compare(x.found.bytes, first.bytes) === 0)) return
     const full = mergeAll(all.map((x) => x.found))
-    if (full === undefined) return Effect.void
+    if (full === undefined) return
     const bytes = encodeObject(full)
     const stale = replicas.filter((p) => {
       const reply = primaries.find((x) => x.from === p)
       return reply === undefined || reply.found === undefined || Buffer.compare(reply.found.bytes, bytes) !== 0
     })
     stats.readRepairs += stale.filter(usable).length
-    return Effect.forEach(stale, (p) => (usable(p) ? putTo(p, key, full, bytes, timeoutMs).pipe(Effect.ignore) : Effect.void), { concurrency: "unbounded", discard: true })
+    await Promise.all(stale.map((p) => (usable(p) ? putTo(p, key, full, bytes, timeoutMs).catch(() => {}) : undefined)))
   }
 
   /**
@@ -530,6 +507,9 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
     return r.members.includes(owner) || r.nextMembers.includes(owner)
   }
 
+  /** A plain call as an Effect failing with its ApiError (anything else it rejects with is the disk's). */
+  const effect = <A>(f: () => A | Promise<A>): Effect.Effect<A, ApiError> => Effect.tryPromise({ try: async () => f(), catch: asApiError })
+
   const handle = (from: string, msg: DataMessage): Effect.Effect<DataReply> => {
     const reply: Effect.Effect<DataReply, ApiError> = Effect.gen(function*() {
       switch (msg.t) {
@@ -544,15 +524,13 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
               return yield* apiError("bad_request", `cannot park a write for ${msg.hint}: it is not a member of ${self}'s ring (version ${membership.ring().version}); park it on the coordinator instead`)
             }
             yield* handoff.park(msg.hint, msg.key, o)
-          } else {
-            yield* replica.merge(msg.key, o)
-            // A forwarded write's copy: a retry of that write sent here is not coordinated again.
-            if (msg.rid && msg.ctx && !recent.has(msg.rid)) yield* Deferred.succeed((yield* remember(msg.rid, msg.key)).context, msg.ctx)
+            return { t: "ok" } as const
           }
-          return { t: "ok" } as const
+          return yield* effect(() => handleNow(from, msg)!)
         }
         case "get": {
-          const o = msg.hint === "*" ? yield* handoff.readAll(msg.key) : msg.hint ? yield* handoff.read(msg.hint, msg.key) : Option.getOrUndefined(yield* replica.read(msg.key))
+          if (!msg.hint) return yield* effect(() => handleNow(from, msg)!)
+          const o = msg.hint === "*" ? yield* handoff.readAll(msg.key) : yield* handoff.read(msg.hint, msg.key)
           return { t: "obj", object: o === undefined ? null : encodeObject(o) } as const
         }
         case "coord": {
@@ -565,7 +543,9 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
           }
           if (context === undefined) return yield* apiError("bad_request", "unreadable forwarded context")
           const q = { count: msg.w, sloppy: msg.sloppy, timeoutMs: msg.timeoutMs }
-          const res = yield* coordinateOnce(msg.key, context, sibling, q, placement(msg.key), msg.rid ?? undefined)
+          const res = yield* effect(() => coordinateOnce(msg.key, context, sibling, q, placement(msg.key), msg.rid ?? undefined))
+          // The forwarder cannot tell: the coordinator, which made the version, logs the warning.
+          if (res.warn) yield* Effect.logWarning(siblingWarning(msg.key, res.object))
           return { t: "coorded", context: Dvv.encodeContext(res.context), object: encodeObject(res.object) } as const
         }
         case "handoff": {
@@ -577,11 +557,41 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
         }
       }
     })
-    return reply.pipe(Effect.catch((e) => Effect.succeed({ t: "apierr", code: e.code, message: e.message, ...(e.needed === undefined ? {} : { needed: e.needed, got: e.got }) } as DataReply)))
+    return reply.pipe(Effect.catch((e) => Effect.succeed(apiErrorReply(e))))
+  }
+
+  /**
+   * The plain lane of `handle` (no fiber): a replica's read or its copy of a write, the two
+   * messages every client request sends. Undefined for the others (hinted copies, forwarded
+   * writes, handoff), which `handle` answers.
+   */
+  const handleNow = (_from: string, msg: DataMessage): Promise<DataReply> | undefined => {
+    if (msg.t === "get" && !msg.hint) {
+      try {
+        const found = replica.now.readEncoded(msg.key)
+        // The stored bytes as they are: the object is not decoded only to be encoded again.
+        return Promise.resolve({ t: "obj", object: found === undefined ? null : found.bytes })
+      } catch (e) {
+        return Promise.resolve(apiErrorReply(asApiError(e)))
+      }
+    }
+    if (msg.t === "put" && !msg.hint) {
+      const o = decodeObject(msg.object)
+      if (o === undefined) return undefined
+      return replica.now.merge(msg.key, o).then(
+        (): DataReply => {
+          // A forwarded write's copy: a retry of that write sent here is not coordinated again.
+          if (msg.rid && msg.ctx && !recent.has(msg.rid)) remember(msg.rid, msg.key).settle(msg.ctx)
+          return { t: "ok" }
+        },
+        (e: unknown) => apiErrorReply(asApiError(e))
+      )
+    }
+    return undefined
   }
 
   const deliver = (owner: string, records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>) =>
-    Effect.gen(function*() {
+    effect(async () => {
       const direct: Array<{ key: string; object: Uint8Array }> = []
       for (const r of records) {
         // An owner replicates the key while it is in one of its replica sets (a replica being
@@ -594,24 +604,19 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
         const o = decodeObject(r.object)
         if (o === undefined) continue
         // The owner no longer replicates this key: its replicas get it instead.
-        yield* Effect.forEach(replicas, (p) => putTo(p, r.key, o, r.object, 10_000), { concurrency: "unbounded", discard: true })
+        await Promise.all(replicas.map((p) => putTo(p, r.key, o, r.object, 10_000)))
       }
       if (direct.length === 0) return
-      const reply = yield* call(owner, { t: "handoff", records: direct }, 30_000)
-      if (reply.t !== "ok") return yield* Effect.fail(new Error(`${owner} refused handoff: ${reply.t}`))
+      const reply = await call(owner, { t: "handoff", records: direct }, 30_000)
+      if (reply.t !== "ok") throw new Error(`${owner} refused handoff: ${reply.t}`)
     })
 
   return Coordinator.of({
-    get,
-    put,
-    local: {
-      get: (key) => {
-        if (!alone(key)) return undefined
-        return { object: replica.now.readEncoded(key)?.object, replies: 1 }
-      },
-      put: (key, context, sibling) => (alone(key) ? replica.now.coordinate(key, context, sibling) : undefined)
-    },
+    get: (key, q) => effect(() => get(key, q)),
+    put: (key, context, sibling, q) => effect(() => put(key, context, sibling, q)).pipe(Effect.map(({ warn: _, ...res }) => res)),
+    now: { get, put },
     handle,
+    handleNow,
     deliver,
     stats: () => stats,
     cluster: Effect.sync(() => {

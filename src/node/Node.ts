@@ -9,7 +9,7 @@ import { Clock, Effect, type Exit, Layer, Logger, ManagedRuntime } from "effect"
 import type { FastifyInstance } from "fastify"
 import { Engine, type EngineConfig } from "../../engine/Engine.ts"
 import { buildServer } from "../api/Server.ts"
-import { apiError, type ApiError } from "../Errors.ts"
+import { apiError, ApiError } from "../Errors.ts"
 import type { LiveSettingsShape, NodeSettings } from "../config/Settings.ts"
 import { makeMemoryFiles, nodeFilesApi, type FilesApi } from "../../engine/Files.ts"
 import { Coordinator } from "../coordinator/Coordinator.ts"
@@ -149,7 +149,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     const keys = yield* KeyListing
     yield* t.serve((from, payload) => {
       if (isMembershipMessage(payload)) return m.handle(from, payload)
-      if (isDataMessage(payload)) return c.handle(from, payload)
+      if (isDataMessage(payload)) return c.handleNow(from, payload) ?? c.handle(from, payload)
       if (isTransferMessage(payload)) return x.handle(from, payload)
       if (isAaeMessage(payload)) return a.handle(from, payload)
       if (isReapingMessage(payload)) return reap.handle(from, payload)
@@ -182,8 +182,15 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   reaper = reapingService
   // A failing replica set fails every request on it: one warning a second says so, with a count.
   const quorumFailures = burstLog(logger, "quorum failures")
-  const noteQuorum = (e: ApiError) =>
-    e.code === "quorum_not_met" ? Effect.sync(() => quorumFailures.note({ needed: e.needed, got: e.got }, `quorum not met: ${e.message}`)) : Effect.void
+  const noteQuorumNow = (e: ApiError) => {
+    if (e.code === "quorum_not_met") quorumFailures.note({ needed: e.needed, got: e.got }, `quorum not met: ${e.message}`)
+  }
+  const noteQuorum = (e: ApiError) => Effect.sync(() => noteQuorumNow(e))
+  /** A plain-lane rejection, noted as `run` notes an Effect failure, then passed on. */
+  const noted = (e: unknown): never => {
+    if (e instanceof ApiError) noteQuorumNow(e)
+    throw e
+  }
   // Layer failures surfaced above, when the services started: only request errors remain.
   const run = <A>(f: (c: Coordinator["Service"]) => Effect.Effect<A, ApiError>) =>
     runtime.runPromiseExit(Effect.gen(function*() {
@@ -193,6 +200,14 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
   const coordinatorService = await runtime.runPromise(Effect.gen(function*() {
     return yield* Coordinator
   }))
+  // The request path's plain lane (Coordinator.now), with quorum failures logged as on `run`'s.
+  const plain: Coordinator["Service"]["now"] = {
+    get: (key, q) => {
+      const r = coordinatorService.now.get(key, q)
+      return r instanceof Promise ? r.catch(noted) : r
+    },
+    put: (key, context, sibling, q) => coordinatorService.now.put(key, context, sibling, q).catch(noted)
+  }
   // Fallback (sloppy) writes are counted by the coordinator; a line a second tells how many.
   let fallbacksLogged = coordinatorService.stats().fallbackWrites
   const fallbackTicker = setInterval(() => {
@@ -233,7 +248,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
     now: options.clock === undefined ? undefined : () => options.clock!.currentTimeMillisUnsafe(),
     metrics,
     run,
-    local: coordinatorService.local,
+    plain,
     settings: () => ({ n: settings.n, r: live.r, w: live.w, timeoutMs: DEFAULT_TIMEOUT_MS, maxValueBytes: live.maxValueBytes }),
     health: () => {
       const s = Effect.runSync(engineService.stats)

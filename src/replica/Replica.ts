@@ -81,6 +81,8 @@ export class Replica extends Context.Service<Replica, {
   readonly now: {
     readonly readEncoded: (key: string) => Encoded | undefined
     readonly coordinate: (key: string, context: Dvv.Context, sibling: Sibling) => Promise<Coordinated & { readonly warn: boolean }>
+    /** `merge`, rejecting with an ApiError. */
+    readonly merge: (key: string, incoming: StoredObject) => Promise<Stored>
   }
   readonly merge: (key: string, incoming: StoredObject) => Effect.Effect<Stored, ApiError>
 }>()("tally/replica/Replica") {
@@ -126,8 +128,6 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
       engine.now.write(deleted ? RecordType.Tombstone : RecordType.Put, key, partitionOf(key, config.partitions), deleted ? undefined : bytes, deleted ? bytes : undefined, (err) =>
         err === undefined ? resolve() : reject(mapEngine(err)))
     })
-  const store = (key: string, o: StoredObject, bytes: Uint8Array): Effect.Effect<void, ApiError> =>
-    Effect.tryPromise({ try: () => storeNow(key, o, bytes), catch: (e) => e as ApiError })
 
   /** The new version of a coordinated write over `local`, checked against the limits. */
   const newVersion = (key: string, local: StoredObject, context: Dvv.Context, sibling: Sibling) => {
@@ -173,14 +173,22 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
       Effect.map(({ warn: _, ...res }) => res)
     )
 
-  const merge = (key: string, incoming: StoredObject) =>
-    locks.with(key, Effect.gen(function*() {
-      const local = yield* readEncoded(key)
+  /** Folds `incoming` into the key's copy under its lock; stores only when that changes it. */
+  const mergeNow = async (key: string, incoming: StoredObject): Promise<Stored> => {
+    const wait = locks.acquireNow(key)
+    if (wait !== undefined) await wait
+    try {
+      const local = readEncodedNow(key)
       const merged = local === undefined ? incoming : Dvv.sync(local.object, incoming)
       const bytes = encodeObject(merged)
-      if (local === undefined || Buffer.compare(bytes, local.bytes) !== 0) yield* store(key, merged, bytes)
+      if (local === undefined || Buffer.compare(bytes, local.bytes) !== 0) await storeNow(key, merged, bytes)
       return { object: merged, bytes: bytes.length }
-    }))
+    } finally {
+      locks.release(key)
+    }
+  }
+  const merge = (key: string, incoming: StoredObject): Effect.Effect<Stored, ApiError> =>
+    Effect.tryPromise({ try: () => mergeNow(key, incoming), catch: (e) => (e instanceof ApiError ? e : apiError("storage_error", `the merge into key ${JSON.stringify(key)} failed: ${String(e)}`)) })
 
   return Replica.of({
     nodeId: config.nodeId,
@@ -189,6 +197,6 @@ export const make = Effect.fnUntraced(function*(config: ReplicaConfig) {
     readEncoded,
     coordinate,
     merge,
-    now: { readEncoded: readEncodedNow, coordinate: coordinateNow }
+    now: { readEncoded: readEncodedNow, coordinate: coordinateNow, merge: mergeNow }
   })
 })

@@ -360,7 +360,7 @@ export const makeMemory = Effect.fnUntraced(function*(network: MemoryNetwork, co
     if (!(bytes instanceof Uint8Array)) return void resume(failed(bytes))
     const r: Request = { id, to: to.id, bytes, resume, timer: undefined, holds: false, done: false }
     if (timeoutMs !== Infinity) {
-      r.timer = setTimeout(() => finish(r, failed(transportError("timeout", to.id, `node ${to.id} did not answer within ${timeoutMs} ms`))), Math.min(Math.max(0, timeoutMs), MAX_TIMER_MS))
+      r.timer = setTimeout(() => finish(r, failed(transportError("timeout", to.id, `node ${to.id} did not answer within ${Math.round(timeoutMs)} ms`))), Math.min(Math.max(0, timeoutMs), MAX_TIMER_MS))
     }
     if (!dropped.has(to.id)) {
       if ((inFlight.get(to.id) ?? 0) < maxInFlight) grant(r)

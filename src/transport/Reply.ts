@@ -61,7 +61,27 @@ export const handleIncoming = (
     finished?.()
     return
   }
-  const fiber = ctx.run(Effect.suspend(() => handler(from, payload)))
+  let handled: ReturnType<Handler>
+  try {
+    handled = handler(from, payload)
+  } catch (e) {
+    handled = Effect.die(e)
+  }
+  if (handled instanceof Promise) {
+    handled.then(
+      (value) => {
+        finished?.()
+        if (answer) reply(encodeResponse(id, value, ctx.maxFrameBytes))
+      },
+      (e: unknown) => {
+        finished?.()
+        if (answer) reply(encodeFailure(id, Cause.die(e), ctx.warn))
+        else ctx.warn(`one-way message from ${from} failed: ${String(e)}`)
+      }
+    )
+    return
+  }
+  const fiber = ctx.run(handled)
   fiber.addObserver((exit) => {
     finished?.()
     // Refused as hostile (TransportError.ts): answered if asked, then the layer drops the peer's connection.

@@ -629,29 +629,29 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
    * (`requestNow`) and the Effect calls share one implementation.
    */
   const enqueue = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number, resume: Resume): (() => void) | undefined => {
-      if (closed) return void resume(failed(transportError("closed", to.id, `the transport of node ${nodeId} is shut down`)))
-      const id = nextId++
-      let bytes: Uint8Array | TransportError
-      try {
-        bytes = encodeOutgoing(to, { k: oneWay ? "one" : "req", id, p: payload })
-      } catch (e) {
-        return void resume({ ok: false, error: e, defect: true })
-      }
-      if (!(bytes instanceof Uint8Array)) return void resume(failed(bytes))
-      if (oneWay && dropped.has(to.id)) return void resume(succeeded(undefined))
-      const o: Outgoing = { id, bytes, oneWay, resume, timer: undefined, out: undefined, holdsSlot: false, queued: false, done: false }
-      live.add(o)
-      const limit = oneWay ? sendTimeoutMs : timeoutMs
-      const onTimeout = () =>
-        settle(o, failed(transportError("timeout", to.id, oneWay ? `no room for a message to node ${to.id} within ${limit} ms` : `node ${to.id} did not answer within ${limit} ms`)))
-      // setTimeout treats anything over 2^31-1 ms as 1 ms; Infinity means no limit.
-      if (limit !== Infinity) o.timer = setTimeout(onTimeout, Math.min(Math.max(0, limit), MAX_TIMER_MS))
-      // A dropped peer gets nothing; the request just runs out its time.
-      if (oneWay || !dropped.has(to.id)) outboundFor(to).submit(o)
-      return () => {
-        o.resume = undefined
-        settle(o, undefined)
-      }
+    if (closed) return void resume(failed(transportError("closed", to.id, `the transport of node ${nodeId} is shut down`)))
+    const id = nextId++
+    let bytes: Uint8Array | TransportError
+    try {
+      bytes = encodeOutgoing(to, { k: oneWay ? "one" : "req", id, p: payload })
+    } catch (e) {
+      return void resume({ ok: false, error: e, defect: true })
+    }
+    if (!(bytes instanceof Uint8Array)) return void resume(failed(bytes))
+    if (oneWay && dropped.has(to.id)) return void resume(succeeded(undefined))
+    const o: Outgoing = { id, bytes, oneWay, resume, timer: undefined, out: undefined, holdsSlot: false, queued: false, done: false }
+    live.add(o)
+    const limit = oneWay ? sendTimeoutMs : timeoutMs
+    const onTimeout = () =>
+      settle(o, failed(transportError("timeout", to.id, oneWay ? `no room for a message to node ${to.id} within ${limit} ms` : `node ${to.id} did not answer within ${Math.round(limit)} ms`)))
+    // setTimeout treats anything over 2^31-1 ms as 1 ms; Infinity means no limit.
+    if (limit !== Infinity) o.timer = setTimeout(onTimeout, Math.min(Math.max(0, limit), MAX_TIMER_MS))
+    // A dropped peer gets nothing; the request just runs out its time.
+    if (oneWay || !dropped.has(to.id)) outboundFor(to).submit(o)
+    return () => {
+      o.resume = undefined
+      settle(o, undefined)
+    }
   }
   const enqueueEffect = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number) =>
     Effect.callback<unknown, TransportError>((resume) => {

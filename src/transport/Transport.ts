@@ -29,8 +29,10 @@ export interface Peer {
 /**
  * Handles an incoming request or one-way message from node `from`. Its success is the
  * response; its failure (or defect) becomes an "err" frame the requester sees as `remote`.
+ * A Promise is the plain lane (the request path's replica reads and writes, run with no
+ * fiber): it resolves with the response, and a rejection is answered as a defect.
  */
-export type Handler = (from: string, payload: unknown) => Effect.Effect<unknown, unknown>
+export type Handler = (from: string, payload: unknown) => Effect.Effect<unknown, unknown> | Promise<unknown>
 
 /** Counters for tests and metrics. */
 export interface TransportStats {

@@ -2,13 +2,14 @@
  * Waiting for quorums: r or w in every replica set (the current and, while the ring moves,
  * the next one), and a failed quorum's count of the replicas that did acknowledge.
  */
-import { Effect } from "effect"
 import t from "tap"
-import { awaitQuorum, groupsOf } from "../../src/coordinator/Coordinator.ts"
+import { awaitQuorum, groupsOf, hedged } from "../../src/coordinator/Quorum.ts"
 
-const ok = (ms: number, v: string) => Effect.sleep(ms).pipe(Effect.as(v))
-const fail = (ms: number) => Effect.sleep(ms).pipe(Effect.andThen(Effect.fail(new Error("down"))))
-const run = <A>(e: Effect.Effect<A>) => Effect.runPromise(e)
+const ok = (ms: number, v: string) => () => new Promise<string>((resolve) => setTimeout(() => resolve(v), ms))
+const fail = (ms: number) => () => new Promise<string>((_, reject) => setTimeout(() => reject(new Error("down")), ms))
+const now = (v: string) => () => Promise.resolve(v)
+const never = () => new Promise<string>(() => {})
+const run = <A>(p: Promise<A>) => p
 
 t.test("a quorum in each set: the current one met is not enough while the next is not", async (t) => {
   // current [a, b, x], next [a, b, g]: a and x answer, b and g fail.
@@ -37,7 +38,7 @@ t.test("a quorum that cannot be met counts the replicas still answering", async 
   // A replica known to be down fails at once; the healthy one answers a little later. The
   // failure must say that it did acknowledge (got 2 of 3 with the local copy, not 1).
   const labels = ["self", "down", "slow"]
-  const r = await run(awaitQuorum([Effect.succeed("self"), fail(0), ok(50, "slow")], groupsOf([labels], labels, 3), 2000))
+  const r = await run(awaitQuorum([now("self"), fail(0), ok(50, "slow")], groupsOf([labels], labels, 3), 2000))
   t.equal(r.ok, false)
   t.equal(r.timedOut, false)
   t.same(r.counts, [2], "the healthy replica's late acknowledgement is counted")
@@ -47,7 +48,7 @@ t.test("a quorum that cannot be met counts the replicas still answering", async 
 t.test("that wait ends at the request's timeout", async (t) => {
   const labels = ["a", "b", "c"]
   const started = Date.now()
-  const r = await run(awaitQuorum([ok(1, "a"), fail(0), Effect.never], groupsOf([labels], labels, 3), 150))
+  const r = await run(awaitQuorum([ok(1, "a"), fail(0), never], groupsOf([labels], labels, 3), 150))
   const took = Date.now() - started
   t.equal(r.ok, false)
   t.same(r.counts, [1])
@@ -55,8 +56,27 @@ t.test("that wait ends at the request's timeout", async (t) => {
 })
 
 t.test("a quorum nobody answers in time times out", async (t) => {
-  const r = await run(awaitQuorum([ok(1, "a"), Effect.never, Effect.never], groupsOf([["a", "b", "c"]], ["a", "b", "c"], 2), 100))
+  const r = await run(awaitQuorum([ok(1, "a"), never, never], groupsOf([["a", "b", "c"]], ["a", "b", "c"], 2), 100))
   t.equal(r.ok, false)
   t.equal(r.timedOut, true)
   t.same(r.counts, [1])
+})
+
+t.test("a hedge runs after a quarter of the timeout (250 ms at most); the first success counts", async (t) => {
+  // The task answers after 400 ms, the hedge after 100 ms more: the hedge wins at ~350 ms.
+  let started = Date.now()
+  let hedgeAt = -1
+  const backup = () => ((hedgeAt = Date.now() - started), ok(100, "hedge")())
+  t.equal(await hedged(ok(400, "task"), backup, 2000)(), "hedge")
+  t.ok(hedgeAt >= 240 && hedgeAt < 400, `the hedge started after ${hedgeAt} ms`)
+  // A task that answers in time: no hedge at all.
+  started = Date.now()
+  hedgeAt = -1
+  t.equal(await hedged(ok(5, "task"), backup, 2000)(), "task")
+  await new Promise((r) => setTimeout(r, 300))
+  t.equal(hedgeAt, -1, "no hedge for a task that answered in time")
+  // A task that fails at once: the hedge still runs at its time, and its success counts.
+  t.equal(await hedged(fail(0), ok(1, "hedge"), 40)(), "hedge")
+  // Both fail: the hedge's failure is the answer.
+  await t.rejects(hedged(fail(0), fail(1), 40)(), /down/)
 })
