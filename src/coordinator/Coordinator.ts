@@ -113,8 +113,6 @@ export class Coordinator extends Context.Service<Coordinator, {
   static readonly layer = (config: CoordinatorConfig) => Layer.effect(Coordinator, make(config))
 }
 
-export { awaitQuorum, groupsOf, type Quorate, type QuorumGroup } from "./Quorum.ts"
-
 const mergeAll = (found: ReadonlyArray<Encoded | undefined>): StoredObject | undefined =>
   found.reduce<StoredObject | undefined>((acc, x) => (x === undefined ? acc : acc === undefined ? x.object : Dvv.sync(acc, x.object)), undefined)
 

@@ -74,7 +74,7 @@ export class Replica extends Context.Service<Replica, {
   readonly readEncoded: (key: string) => Effect.Effect<Encoded | undefined, ApiError>
   readonly coordinate: (key: string, context: Dvv.Context, sibling: Sibling) => Effect.Effect<Coordinated, ApiError>
   /**
-   * `readEncoded` and `coordinate` as plain functions, for the request path's fast lane (the
+   * `readEncoded` and `coordinate` as plain functions, for the request path's plain lane (the
    * Effect calls are built on them): `readEncoded` throws an ApiError, `coordinate` rejects
    * with one. `coordinate`'s result says whether the key has reached the sibling warning.
    */

@@ -1,5 +1,5 @@
 /**
- * The fast lane (Coordinator.local): a node that is a key's only replica serves its GETs and
+ * The plain lane (Coordinator.now) for a cluster of one: a node that is a key's only replica serves its GETs and
  * PUTs with plain functions, no fiber. What the Effect path did must still happen there: the
  * sibling warning is logged (as pino JSON), the sibling limit refuses with its code, contexts
  * replace what they cover, and a delete reads back as 404 with a context.
