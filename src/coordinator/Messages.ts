@@ -71,7 +71,8 @@ export const isDataMessage = (m: unknown): m is DataMessage => {
     case "put":
       return key(x.key) && bytes(x.object) && hint(x.hint) && optStr(x.rid, 200) && optStr(x.ctx, 1 << 20)
     case "get":
-      return key(x.key) && hint(x.hint)
+      // "*": a fallback's read of everything it holds parked under the key, for any owner.
+      return key(x.key) && (x.hint === "*" || hint(x.hint))
     case "coord":
       return key(x.key) && str(x.context) && bytes(x.sibling) && Number.isInteger(x.w) && (x.w as number) >= 1 && (x.w as number) <= 64 &&
         typeof x.sloppy === "boolean" && Number.isInteger(x.timeoutMs) && (x.timeoutMs as number) >= 0 && (x.timeoutMs as number) <= MAX_TIMEOUT_MS && optStr(x.rid, 200)

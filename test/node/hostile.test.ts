@@ -80,6 +80,20 @@ t.test("no validator throws on any payload", async (t) => {
   }
 })
 
+t.test("what a coordinator itself sends passes the data-message check", async (t) => {
+  // A check stricter than the sender is silent data loss: the message is refused as hostile,
+  // the connection dropped, and the read or write it carried fails on a healthy peer.
+  const object = Buffer.from(encodeObject({ entries: [], floor: 1 }))
+  t.ok(isDataMessage({ t: "get", key: "k" }), "a replica's read")
+  t.ok(isDataMessage({ t: "get", key: "k", hint: "n2" }), "a read of what is parked for n2")
+  t.ok(isDataMessage({ t: "get", key: "k", hint: "*" }), "a fallback's read of everything parked under the key")
+  t.notOk(isDataMessage({ t: "get", key: "k", hint: "../x" }), "a path is still no hint")
+  t.notOk(isDataMessage({ t: "put", key: "k", object, hint: "*" }), "nor is * an owner to park for")
+  t.ok(isDataMessage({ t: "put", key: "k", object, hint: "n2" }))
+  t.ok(isDataMessage({ t: "coord", key: "k", context: "", sibling: object, w: 2, sloppy: true, timeoutMs: 4999, rid: "n1:x:1" }), "a forwarded write")
+  t.notOk(isDataMessage({ t: "coord", key: "k", context: "", sibling: object, w: 2, sloppy: true, timeoutMs: 4999.5, rid: "n1:x:1" }), "whose timeout the forwarder must round")
+})
+
 t.test("node ids: the pattern refuses path names", async (t) => {
   for (const bad of [".", "..", "", "a/b", "../x", "x".repeat(65), "a\u0000"]) t.notOk(Dvv.NODE_ID.test(bad), JSON.stringify(bad))
   for (const good of ["n1", "node-1.example", "a..b", ".hidden-ish", "_"]) t.ok(Dvv.NODE_ID.test(good), good)
