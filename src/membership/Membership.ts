@@ -11,6 +11,7 @@
 import * as path from "node:path"
 import { Clock, Context, Effect, Layer, Random, Schedule } from "effect"
 import { writeFileDurable, type FilesApi } from "../../engine/Files.ts"
+import { makeDirDurable } from "../../engine/Log.ts"
 import type { ClusterView } from "../coordinator/Coordinator.ts"
 import type { Ring } from "../ring/Ring.ts"
 import { HostileMessage, Transport, type Peer } from "../transport/Transport.ts"
@@ -104,7 +105,10 @@ export const make = Effect.fnUntraced(function*(config: MembershipConfig) {
   const transport = yield* Transport
   const heartbeatMs = config.heartbeatMs ?? 1000
   const gossipMs = config.gossipMs ?? 1000
-  config.files.mkdirp(config.dataDir)
+  // Durable (the parent synced): this may be the first to make the data directory, and a
+  // directory whose entry a power loss can drop takes every file in it along, acknowledged
+  // writes included; the engine's own makeDirDurable finds it there and syncs nothing.
+  makeDirDurable(config.files, config.dataDir)
   const stored = loadState(config)
   /** Why a peer's state must not be merged (ClusterState.stateProblem), or undefined. */
   const stateProblem = (v: unknown) => State.stateProblem(v, { n: config.n, partitions: config.partitions }, Dvv.NODE_ID)
