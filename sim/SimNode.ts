@@ -228,7 +228,15 @@ export class SimNode {
     if (node === undefined) return
     this.node = undefined
     this.state = "down"
-    await node.close()
-    this.network.disconnect(this.id)
+    try {
+      await node.close()
+    } finally {
+      this.network.disconnect(this.id)
+      // Then the process exits, which releases whatever it still held: a close that failed
+      // (an engine fail-stopped by an fsync error) must not leave its directory locks to
+      // refuse the restart, as the kernel's would not after a real exit.
+      this.view?.kill()
+      this.disk.killProcess()
+    }
   }
 }
