@@ -206,6 +206,11 @@ export const runSim = async (o: SimOptions): Promise<SimResult> => {
         }
         const owners = new Set(v0.owners)
         if (owners.size !== ms.length) return `the ring has owners ${[...owners].sort()} for members ${ms.map((n) => n.id)}`
+        // A write may live only in hints (its coordinator and a fallback parked it while the
+        // primaries could not take it): the primaries agreeing says nothing about it until every
+        // parked write is delivered, so neither a disk wipe nor the final reads may go first.
+        const parked = vs.flatMap((v, i) => v!.nodes.filter((m) => m.parked > 0).map((m) => `${ms[i]!.id} holds ${m.parked} for ${m.id}`))
+        if (parked.length > 0) return `parked writes not yet delivered: ${parked.join(", ")}`
         const ring = { partitions: v0.partitions, owners: v0.owners, version: v0.ringVersion, members: [...owners].sort() }
         for (const key of keys) {
           const prefs = preferenceList(ring, partitionOf(key, ring.partitions), 3)
