@@ -24,6 +24,8 @@ export interface EngineConfig extends Partial<Omit<LogConfig, "dir">> {
 
 /** How often background compaction looks for work unless configured. */
 export const DEFAULT_COMPACTION_INTERVAL_MS = 30_000
+/** Bytes of recently read records an engine keeps in memory unless configured (RecordCache.ts). */
+export const DEFAULT_READ_CACHE_BYTES = 32 * 1024 * 1024
 
 /** Settings that may change while the engine runs. */
 export type LiveSettings = Parameters<Log["reconfigure"]>[0]
@@ -133,6 +135,7 @@ export const make = Effect.fnUntraced(function*(config: EngineConfig) {
   const cfg: LogConfig = {
     ...defaultLogConfig,
     ...config,
+    readCacheBytes: config.readCacheBytes ?? DEFAULT_READ_CACHE_BYTES,
     onFailure: (f) => {
       failure = f
       config.onFailure?.(f)

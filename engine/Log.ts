@@ -25,6 +25,7 @@ import { encodeState, STATE_FILE, type Identity } from "./Manifest.ts"
 import { decodeValid, encodedSize, encodeInto, MAX_KEY_BYTES, MAX_LSN, MAX_META_BYTES, MAX_PARTITION, MAX_VALUE_BYTES, probe, RecordType } from "./Record.ts"
 import type { Damage } from "./Recovery.ts"
 import { hintName, makeSegment, makeSegmentAsync, segName, trimSegment, unlinkSegment, unlinkSegmentAsync, type Segment } from "./SegmentFile.ts"
+import { RecordCache } from "./RecordCache.ts"
 import { recover } from "./Startup.ts"
 
 export type { Segment } from "./SegmentFile.ts"
@@ -89,6 +90,8 @@ export interface LogConfig {
   readonly sleep: (ms: number) => Promise<void>
   /** Told once when the log becomes fail-stop. */
   readonly onFailure?: ((failure: StorageFailed) => void) | undefined
+  /** Bytes of recently read records kept in memory (RecordCache.ts); 0 keeps none. */
+  readonly readCacheBytes?: number | undefined
 }
 
 /** Upper bound of `maxSegmentBytes`: offsets and sizes are u32 in the index and hints. */
@@ -210,6 +213,8 @@ const isPartition = (p: number) => Number.isInteger(p) && p >= 0 && p <= MAX_PAR
 /** The open log of one data directory. */
 export class Log {
   readonly index = new KeyIndex()
+  /** Recently read records, used only while the index names the same LSN. */
+  readonly cache: RecordCache
   readonly segments = new Map<number, Segment>()
   readonly damage: DamageReport[] = []
   readonly stats: LogStats = {
@@ -255,6 +260,7 @@ export class Log {
       throw new RangeError(`maxSegmentBytes must be in 1..${MAX_SEGMENT_BYTES}; got ${config.maxSegmentBytes}`)
     }
     this.config = withinFormat(config)
+    this.cache = new RecordCache(config.readCacheBytes ?? 0)
   }
 
   /** Opens (or creates) the log in `config.dir`, recovering whatever a crash left. */
@@ -643,6 +649,8 @@ export class Log {
   read(key: string): Entry | undefined {
     const loc = this.index.get(key)
     if (loc === undefined) return undefined
+    const cached = this.cache.get(key, loc.lsn)
+    if (cached !== undefined) return cached
     const seg = this.segments.get(loc.segment)!
     const buf = this.readRaw(seg, loc.offset, loc.size)
     const r = buf === undefined ? undefined : decodeValid(buf, 0)
@@ -651,7 +659,9 @@ export class Log {
       this.stats.corruptions++
       throw new CorruptRecord({ segment: seg.id, offset: loc.offset, message: `record of key ${JSON.stringify(key)} in segment ${seg.id} at ${loc.offset} is damaged or not the indexed one; the value is not returned` })
     }
-    return { key, type: r.type, lsn: r.lsn, timestamp: r.timestamp, partition: loc.partition, meta: r.meta, value: r.value }
+    const entry: Entry = { key, type: r.type, lsn: r.lsn, timestamp: r.timestamp, partition: loc.partition, meta: r.meta, value: r.value }
+    this.cache.put(key, loc.lsn, entry, loc.size)
+    return entry
   }
 
   /** The content hash of the newest record of `key`, or undefined. No disk read. */
