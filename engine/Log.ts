@@ -672,7 +672,9 @@ export class Log {
 
   /** Reads the raw bytes of a record and checks them under its segment's salt; undefined if damaged. */
   readRaw(seg: Segment, offset: number, size: number): Buffer | undefined {
-    const buf = Buffer.allocUnsafe(size)
+    // Not from Node's shared pool: a cached record (RecordCache.ts) must not keep a whole
+    // 8 KiB pool slab alive, or the cache's byte bound would undercount by up to 8x.
+    const buf = Buffer.allocUnsafeSlow(size)
     const n = this.files.read(seg.fd, buf, 0, size, offset)
     return n === size && probe(buf, 0, size, seg.salt)._tag === "ok" ? buf : undefined
   }

@@ -8,6 +8,7 @@ import t from "tap"
 import { compact, selectInputs } from "../../engine/Compaction.ts"
 import { makeMemoryFiles } from "../../engine/Files.ts"
 import { RecordCache } from "../../engine/RecordCache.ts"
+import { RecordType } from "../../engine/Record.ts"
 import { del, openLog, put, valueOf } from "./helpers.ts"
 
 t.test("a cached record is used only while the index names its LSN", async (t) => {
@@ -36,7 +37,7 @@ t.test("a cached record is used only while the index names its LSN", async (t) =
 
 t.test("the cache keeps within its bound, least recently used out first; 0 keeps nothing", async (t) => {
   const c = new RecordCache(10_000)
-  const entry = (key: string) => ({ key, type: 1, lsn: 1, timestamp: 0, partition: 0, meta: new Uint8Array(0), value: new Uint8Array(1000) })
+  const entry = (key: string) => ({ key, type: RecordType.Put, lsn: 1, timestamp: 0, partition: 0, meta: new Uint8Array(0), value: new Uint8Array(1000) })
   for (let i = 0; i < 50; i++) {
     c.put(`k${i}`, i, entry(`k${i}`), 1000)
     if (i >= 1) c.get("k0", 0)
