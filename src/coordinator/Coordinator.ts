@@ -588,8 +588,9 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
     return undefined
   }
 
+  // Its failure is passed on as it is (a peer's TransportError, say), for the ship loop's log line.
   const deliver = (owner: string, records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }>) =>
-    effect(async () => {
+    Effect.tryPromise({ catch: (e) => e, try: async () => {
       const direct: Array<{ key: string; object: Uint8Array }> = []
       for (const r of records) {
         // An owner replicates the key while it is in one of its replica sets (a replica being
@@ -607,7 +608,7 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
       if (direct.length === 0) return
       const reply = await call(owner, { t: "handoff", records: direct }, 30_000)
       if (reply.t !== "ok") throw new Error(`${owner} refused handoff: ${reply.t}`)
-    })
+    } })
 
   return Coordinator.of({
     get: (key, q) => effect(() => get(key, q)),
