@@ -15,7 +15,7 @@
 import { Effect, FiberSet } from "effect"
 import { DEFAULT_MAX_FRAME_BYTES, HEADER_BYTES, MalformedFrame, bodyBytes, decodeBody, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame } from "./Frame.ts"
 import { HandlerSlot, handleIncoming, type Incoming } from "./Reply.ts"
-import { failed, fromOutcome, succeeded, type Outcome } from "./Outcome.ts"
+import { asEffect, asPromise, failed, succeeded, type Outcome } from "./Outcome.ts"
 import type { Peer, TransportApi, TransportStats } from "./Transport.ts"
 import { transportError, type TransportError } from "./TransportError.ts"
 
@@ -373,17 +373,13 @@ export const makeMemory = Effect.fnUntraced(function*(network: MemoryNetwork, co
     return () => finish(r, undefined)
   }
 
-  const request = (to: Peer, payload: unknown, timeoutMs: number): Effect.Effect<unknown, TransportError> =>
-    Effect.callback<unknown, TransportError>((resume) => {
-      const cancel = requestWith(to, payload, timeoutMs, (o) => resume(fromOutcome(o)))
-      return cancel === undefined ? undefined : Effect.sync(cancel)
-    })
+  const request = (to: Peer, payload: unknown, timeoutMs: number): Effect.Effect<unknown, TransportError> => asEffect((resume) => requestWith(to, payload, timeoutMs, resume))
 
   const api: TransportApi = {
     self: { id: nodeId, host: "memory", port: 0 },
     cluster,
     request,
-    requestNow: (to, payload, timeoutMs) => new Promise((resolve, reject) => void requestWith(to, payload, timeoutMs, (o) => (o.ok ? resolve(o.value) : reject(o.error)))),
+    requestNow: (to, payload, timeoutMs) => asPromise((resume) => requestWith(to, payload, timeoutMs, resume)),
     send: (to, payload) =>
       Effect.suspend(() => {
         const bytes = prepare(to, { k: "one", id: nextId++, p: payload })

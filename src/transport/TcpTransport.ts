@@ -18,7 +18,7 @@ import { Effect, FiberSet } from "effect"
 import { HandlerSlot, handleIncoming, type Incoming } from "./Reply.ts"
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, bodyBytes, encodeFrame, hello, helloProblem, type ClusterSettings, type Frame, type Hello, type MalformedFrame } from "./Frame.ts"
 import * as Tls from "./Tls.ts"
-import { failed, fromOutcome, succeeded, type Outcome } from "./Outcome.ts"
+import { asEffect, asPromise, failed, succeeded, type Outcome } from "./Outcome.ts"
 import type { Peer, TransportApi, TransportStats } from "./Transport.ts"
 import { transportError, type TransportError } from "./TransportError.ts"
 
@@ -653,17 +653,13 @@ export const makeTcp = Effect.fnUntraced(function*(config: TcpTransportConfig) {
       settle(o, undefined)
     }
   }
-  const enqueueEffect = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number) =>
-    Effect.callback<unknown, TransportError>((resume) => {
-      const cancel = enqueue(to, oneWay, payload, timeoutMs, (o) => resume(fromOutcome(o)))
-      return cancel === undefined ? undefined : Effect.sync(cancel)
-    })
+  const enqueueEffect = (to: Peer, oneWay: boolean, payload: unknown, timeoutMs: number) => asEffect((resume) => enqueue(to, oneWay, payload, timeoutMs, resume))
 
   const api: TransportApi = {
     self,
     cluster,
     request: (to, payload, timeoutMs) => enqueueEffect(to, false, payload, timeoutMs),
-    requestNow: (to, payload, timeoutMs) => new Promise((resolve, reject) => void enqueue(to, false, payload, timeoutMs, (o) => (o.ok ? resolve(o.value) : reject(o.error)))),
+    requestNow: (to, payload, timeoutMs) => asPromise((resume) => enqueue(to, false, payload, timeoutMs, resume)),
     send: (to, payload) => Effect.asVoid(enqueueEffect(to, true, payload, 0)),
     serve: (h) => handlers.serve(h),
     setDropped: (ids) => {
