@@ -194,12 +194,7 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
    * write needs no other node, whatever r or w (each set's quorum is min(count, 1)), no
    * fallback, hedge, timer or repair.
    */
-  const alone = (key: string): boolean => {
-    if (!membership.joined()) return false
-    const ring = membership.ring()
-    const sets = quorumSets(ring, membership.nextRing(), partitionOf(key, ring.partitions), config.n)
-    return sets.every((s) => s.length === 1 && s[0] === self)
-  }
+  const alone = (place: Placement): boolean => place.sets.every((s) => s.length === 1 && s[0] === self)
 
   const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
@@ -388,10 +383,10 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
 
   /** A coordinated write; rejects with an ApiError. `warn`: the key has reached the sibling warning (known where this node made the version). */
   const put = async (key: string, context: Dvv.Context, sibling: Sibling, q: Quorum): Promise<Coordinated & { readonly warn: boolean }> => {
-    // A cluster of one: the local write is the whole request.
-    if (alone(key)) return replica.now.coordinate(key, context, sibling)
     if (!membership.joined()) throw notJoined()
     const place = placement(key)
+    // A cluster of one: the local write is the whole request.
+    if (alone(place)) return replica.now.coordinate(key, context, sibling)
     const { prefs } = place
     if (prefs.includes(self)) return coordinate(key, context, sibling, q, place)
     // The request's timeout bounds all forwarding attempts together, not each one. Every
@@ -429,14 +424,15 @@ export const make = Effect.fnUntraced(function*(config: CoordinatorConfig) {
 
   /** A read; rejects with an ApiError. A cluster of one answers synchronously (or throws). */
   const get = (key: string, q: Quorum): ReadResult | Promise<ReadResult> => {
-    if (alone(key)) return { object: replica.now.readEncoded(key)?.object, replies: 1 }
-    return getReplicated(key, q)
+    if (!membership.joined()) return Promise.reject(notJoined())
+    const place = placement(key)
+    if (alone(place)) return { object: replica.now.readEncoded(key)?.object, replies: 1 }
+    return getReplicated(key, q, place)
   }
 
-  const getReplicated = async (key: string, q: Quorum): Promise<ReadResult> => {
-    if (!membership.joined()) throw notJoined()
-    const { sets, replicas, walk } = placement(key)
-    const fallbacks = fallbacksOf(replicas, walk)
+  const getReplicated = async (key: string, q: Quorum, place: Placement): Promise<ReadResult> => {
+    const { sets, replicas } = place
+    const fallbacks = fallbacksOf(replicas, place.walk)
     const tasks = replicas.map((p): Task<Reply> => {
       const direct: Task<Reply> = usable(p) ? () => getFrom(p, key, q.timeoutMs).then((found) => ({ from: p, primary: true, found })) : () => Promise.reject(new Error(`${p} is down`))
       if (!q.sloppy) return direct
