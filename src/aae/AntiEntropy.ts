@@ -25,13 +25,21 @@
 import { Clock, Context, Effect, Layer, Option } from "effect"
 import { Engine } from "../../engine/Engine.ts"
 import { BRANCHES } from "../../engine/TictacTree.ts"
-import { type AaeMessage, answer, exchange, type ExchangeDeps, type ExchangeResult } from "./Exchange.ts"
+import { type AaeMessage as TreeMessage, answer, exchange, type ExchangeDeps, type ExchangeResult, isAaeMessage as isTreeMessage } from "./Exchange.ts"
+import { answerHints, type HintMessage, isHintMessage, pushHints } from "./HintExchange.ts"
+import { Handoff } from "../handoff/Handoff.ts"
 import { Membership } from "../membership/Membership.ts"
 import { Replica } from "../replica/Replica.ts"
-import { preferenceList } from "../ring/Ring.ts"
+import { partitionOf, preferenceList } from "../ring/Ring.ts"
 import { Transport } from "../transport/Transport.ts"
 
-export { type AaeMessage, type ExchangeResult, isAaeMessage } from "./Exchange.ts"
+export { type ExchangeResult } from "./Exchange.ts"
+
+/** Internode messages of anti-entropy: the primaries' tree exchange and the fallbacks' push. */
+export type AaeMessage = TreeMessage | HintMessage
+
+/** Whether an untrusted payload is an anti-entropy message. */
+export const isAaeMessage = (m: unknown): m is AaeMessage => isTreeMessage(m) || isHintMessage(m)
 
 /** Anti-entropy settings (all live). */
 export interface AaeConfig {
@@ -85,6 +93,24 @@ export interface PartitionAae {
   readonly cleanSince: Readonly<Record<string, number>>
 }
 
+/**
+ * What /admin/aae shows for one partition whose writes are parked here for an absent owner:
+ * the pushes of those writes to the partition's primaries (HintExchange.ts).
+ */
+export interface FallbackAae {
+  readonly partition: number
+  /** Parked (key, owner) entries of the partition. */
+  readonly parked: number
+  /** The partition's primaries that are up, whom this node pushes to. */
+  readonly peers: ReadonlyArray<string>
+  readonly lastExchange: number | undefined
+  readonly lastPeer: string | undefined
+  readonly exchanges: number
+  readonly keysCompared: number
+  readonly keysRepaired: number
+  readonly bytes: number
+}
+
 interface Stats {
   lastExchange: number | undefined
   lastPeer: string | undefined
@@ -102,6 +128,8 @@ export class AntiEntropy extends Context.Service<AntiEntropy, {
   readonly exchange: (partition: number, peer: string) => Effect.Effect<ExchangeResult & { readonly peer: string }, Error>
   /** Per partition this node is a primary of. */
   readonly status: () => ReadonlyArray<PartitionAae>
+  /** Per partition whose writes are parked here, or were pushed from here since the start. */
+  readonly fallbacks: () => ReadonlyArray<FallbackAae>
   /**
    * The start of the oldest of the latest clean exchanges with every other current primary
    * of `partition`, or undefined if some primary has had none: every record this node held
@@ -119,6 +147,7 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   const replica = yield* Replica
   const membership = yield* Membership
   const transport = yield* Transport
+  const handoff = yield* Handoff
   const clock = yield* Clock.Clock
   const now = () => clock.currentTimeMillisUnsafe()
   const self = membership.self.id
@@ -132,6 +161,10 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
     return s
   }
 
+  /** Pushes of parked writes, per partition; and where the next push to each primary starts. */
+  const fallbackStats = new Map<number, Stats>()
+  const pushFrom = new Map<string, number>()
+
   /** Other current primaries of `partition`, if this node is one. */
   const peersOf = (partition: number): ReadonlyArray<string> => {
     const prefs = preferenceList(membership.ring(), partition, membership.state().n)
@@ -139,6 +172,8 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   }
 
   const deps: ExchangeDeps = { engine, replica, now, config }
+  const hintDeps = { engine, replica, partitionOf: (key: string) => partitionOf(key, membership.ring().partitions) }
+  const parkedView = { entries: handoff.parkedHashes, read: handoff.readAll }
 
   const ask = (peerId: string, timeoutMs = 30_000) => (msg: AaeMessage) =>
     Effect.gen(function*() {
@@ -163,6 +198,25 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
       return { ...r, peer }
     }))
 
+  /** Pushes what is parked here of `partition` to the primary `peer` (a fallback's exchange). */
+  const pushTo = (partition: number, peer: string): Effect.Effect<ExchangeResult & { readonly peer: string }, Error> =>
+    pushHints(parkedView, ask(peer), partition, { from: pushFrom.get(`${partition}/${peer}`) ?? 0, maxRepairs: config.maxRepairs, now }).pipe(Effect.map((r) => {
+      pushFrom.set(`${partition}/${peer}`, r.next)
+      let s = fallbackStats.get(partition)
+      if (s === undefined) fallbackStats.set(partition, s = { lastExchange: undefined, lastPeer: undefined, exchanges: 0, keysCompared: 0, keysRepaired: 0, bytes: 0, cleanSince: new Map() })
+      s.lastExchange = now()
+      s.lastPeer = peer
+      s.exchanges++
+      s.keysCompared += r.keysCompared
+      s.keysRepaired += r.repaired
+      s.bytes += r.bytes
+      return { ...r, peer }
+    }))
+
+  /** The primaries of `partition` other than this node: whom its parked writes are pushed to. */
+  const primariesOf = (partition: number): ReadonlyArray<string> =>
+    preferenceList(membership.ring(), partition, membership.state().n).filter((id) => id !== self)
+
   const inWindow = (): boolean => withinWindow(config.window, now())
 
   // The loop: round-robin over (partition, peer) pairs of the partitions this node is a primary of.
@@ -170,16 +224,18 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   const tick = Effect.gen(function*() {
     if (config.intervalMs <= 0 || !inWindow() || !membership.joined()) return config.intervalMs > 0 ? config.intervalMs : 1_000
     const q = membership.ring().partitions
-    const pairs: Array<[number, string]> = []
-    for (let p = 0; p < q; p++) for (const peer of peersOf(p)) if (membership.status(peer) === "up") pairs.push([p, peer])
+    // (partition, peer, whether this node pushes parked writes rather than comparing trees)
+    const pairs: Array<[number, string, boolean]> = []
+    for (let p = 0; p < q; p++) for (const peer of peersOf(p)) if (membership.status(peer) === "up") pairs.push([p, peer, false])
+    for (const p of handoff.parkedPartitions()) for (const peer of primariesOf(p)) if (membership.status(peer) === "up") pairs.push([p, peer, true])
     if (pairs.length === 0) return config.intervalMs
-    const [p, peer] = pairs[cursor++ % pairs.length]!
-    const r = yield* exchangeWith(p, peer).pipe(
+    const [p, peer, fallback] = pairs[cursor++ % pairs.length]!
+    const r = yield* (fallback ? pushTo(p, peer) : exchangeWith(p, peer)).pipe(
       Effect.tapError((e) => Effect.logDebug(`anti-entropy: partition ${p} with ${peer}: ${e.message}`)),
       Effect.option
     )
     if (Option.isSome(r) && r.value.repaired > 0) {
-      yield* Effect.logInfo(`anti-entropy: partition ${p} with ${peer}: ${r.value.differing} keys differed, ${r.value.repaired} repaired`)
+      yield* Effect.logInfo(`anti-entropy: partition ${p} with ${peer}${fallback ? " (parked writes pushed)" : ""}: ${r.value.differing} keys differed, ${r.value.repaired} repaired`)
     }
     // More to repair with this peer: go again as soon as the repair rate allows.
     if (Option.isSome(r) && !r.value.clean) {
@@ -196,7 +252,7 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   }).pipe(Effect.forkScoped)
 
   return AntiEntropy.of({
-    handle: (_from, msg) => answer(deps, msg),
+    handle: (_from, msg) => (isHintMessage(msg) ? answerHints(hintDeps, msg) : answer(deps, msg)),
     exchange: exchangeWith,
     status: () => {
       const q = membership.ring().partitions
@@ -215,6 +271,20 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
         out.push({ partition: p, root: root >>> 0, keys, peers, lastExchange: s.lastExchange, lastPeer: s.lastPeer, exchanges: s.exchanges, keysCompared: s.keysCompared, keysRepaired: s.keysRepaired, bytes: s.bytes, cleanSince: Object.fromEntries(s.cleanSince) })
       }
       return out
+    },
+    fallbacks: () => {
+      const parkedHere = handoff.parkedPartitions()
+      const ps = [...new Set([...parkedHere, ...fallbackStats.keys()])].sort((a, b) => a - b)
+      return ps.map((partition) => {
+        const s = fallbackStats.get(partition)
+        return {
+          partition,
+          parked: parkedHere.has(partition) ? handoff.parkedHashes(partition).length : 0,
+          peers: primariesOf(partition).filter((id) => membership.status(id) === "up"),
+          lastExchange: s?.lastExchange, lastPeer: s?.lastPeer, exchanges: s?.exchanges ?? 0,
+          keysCompared: s?.keysCompared ?? 0, keysRepaired: s?.keysRepaired ?? 0, bytes: s?.bytes ?? 0
+        }
+      })
     },
     syncedAt: (partition) => {
       const peers = peersOf(partition)

@@ -159,6 +159,25 @@ const AAE: Schema = {
         }
       }
     },
+    fallbacks: {
+      type: "array",
+      description: "Partitions whose writes this node parks for an absent owner, and its pushes of them to the primaries that are up",
+      items: {
+        type: "object",
+        required: ["partition", "parked", "peers", "lastExchange", "exchanges", "keysCompared", "keysRepaired", "bytes"],
+        properties: {
+          partition: { type: "integer" },
+          parked: { type: "integer", description: "parked (key, owner) entries of the partition" },
+          peers: { type: "array", items: { type: "string" }, description: "the partition's primaries that are up" },
+          lastExchange: TIME,
+          lastPeer: { type: "string" },
+          exchanges: { type: "integer" },
+          keysCompared: { type: "integer" },
+          keysRepaired: { type: "integer", description: "parked writes pushed to a primary that lacked them" },
+          bytes: { type: "integer" }
+        }
+      }
+    },
     reaping: {
       type: "object",
       required: ["tombstoneGraceSeconds", "members"],

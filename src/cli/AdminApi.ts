@@ -74,10 +74,26 @@ export const PartitionAae = Schema.Struct({
 /** One partition as `GET /admin/aae` shows it. */
 export type PartitionAae = typeof PartitionAae.Type
 
+/** A partition whose writes a node parks for an absent owner, and its pushes to the primaries. */
+export const FallbackAae = Schema.Struct({
+  partition: Schema.Number,
+  parked: Schema.Number,
+  peers: Schema.Array(Schema.String),
+  lastExchange: Schema.NullOr(Schema.String),
+  lastPeer: Schema.optionalKey(Schema.String),
+  exchanges: Schema.Number,
+  keysCompared: Schema.Number,
+  keysRepaired: Schema.Number,
+  bytes: Schema.Number
+})
+/** One fallback partition as `GET /admin/aae` shows it. */
+export type FallbackAae = typeof FallbackAae.Type
+
 /** `GET /admin/aae`: this node's partitions, and the tombstone grace. */
 export const Aae = Schema.Struct({
   node: Schema.String,
   partitions: Schema.Array(PartitionAae),
+  fallbacks: Schema.optionalKey(Schema.Array(FallbackAae)),
   reaping: Schema.optionalKey(Schema.Struct({ tombstoneGraceSeconds: Schema.Number }))
 })
 /** `GET /admin/aae`. */

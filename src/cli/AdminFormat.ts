@@ -99,7 +99,16 @@ export const formatAae = (view: Aae, now: number): string => {
   const sum = (f: (p: Aae["partitions"][number]) => number) => ps.reduce((n, p) => n + f(p), 0)
   const grace = view.reaping === undefined ? "" : `, tombstone grace ${view.reaping.tombstoneGraceSeconds} s`
   const head = `node ${view.node}: ${ps.length} partition${ps.length === 1 ? "" : "s"}${grace}\n`
-  if (ps.length === 0) return `${head}no partitions: this node is a primary of none, or the ring has one member\n`
+  if (ps.length === 0) return `${head}no partitions: this node is a primary of none, or the ring has one member\n${formatFallbacks(view.fallbacks ?? [], now)}`
   return head + table([["PARTITION", "KEYS", "PEERS", "LAST EXCHANGE", "EXCHANGES", "COMPARED", "REPAIRED", "BYTES", "TOMBSTONES"], ...rows]) +
-    `total: ${sum((p) => p.exchanges)} exchanges, ${sum((p) => p.keysCompared)} keys compared, ${sum((p) => p.keysRepaired)} repaired, ${sum((p) => p.bytes)} bytes\n`
+    `total: ${sum((p) => p.exchanges)} exchanges, ${sum((p) => p.keysCompared)} keys compared, ${sum((p) => p.keysRepaired)} repaired, ${sum((p) => p.bytes)} bytes\n` +
+    formatFallbacks(view.fallbacks ?? [], now)
+}
+
+/** The partitions whose writes the node parks for an absent owner, and its pushes of them to the primaries. */
+const formatFallbacks = (fs: NonNullable<Aae["fallbacks"]>, now: number): string => {
+  if (fs.length === 0) return ""
+  const rows = fs.map((f) => [String(f.partition), String(f.parked), f.peers.length === 0 ? "-" : f.peers.join(","), ago(f.lastExchange, now), String(f.exchanges), String(f.keysCompared), String(f.keysRepaired), String(f.bytes)])
+  return `parked here for absent owners, pushed to the primaries that are up:\n` +
+    table([["PARTITION", "PARKED", "PRIMARIES UP", "LAST PUSH", "PUSHES", "COMPARED", "PUSHED", "BYTES"], ...rows])
 }

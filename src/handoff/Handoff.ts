@@ -68,6 +68,12 @@ export class Handoff extends Context.Service<Handoff, {
   readonly parkedPartitions: () => ReadonlySet<number>
   /** Whether writes of `partition` are parked here (`parkedPartitions().has(partition)`, cheaper). */
   readonly parks: (partition: number) => boolean
+  /**
+   * The parked keys of `partition` with their key hash and tree contribution, for any owner
+   * (a key parked for two owners appears twice): what a fallback compares with the primaries
+   * (aae/HintExchange.ts). From the parked logs' indexes, no disk read.
+   */
+  readonly parkedHashes: (partition: number) => ReadonlyArray<{ readonly key: string; readonly h: number; readonly hash: number }>
   /** Ships everything parked for `owner` now (the shipping loop also does, when it is up). */
   readonly drain: (owner: string, ship: Ship) => Effect.Effect<number, unknown>
 }>()("tally/handoff/Handoff") {
@@ -215,6 +221,7 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
       for (const p of parked.values()) if (p.log.index.countOf(partition) > 0) return true
       return false
     },
+    parkedHashes: (partition) => [...parked.values()].flatMap((p) => p.log.index.hashesOf(partition)),
     drain
   })
 })

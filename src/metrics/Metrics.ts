@@ -35,6 +35,8 @@ export interface ClusterFigures {
   readonly members: ReadonlyArray<string>
   /** Anti-entropy per partition this node is a primary of (AntiEntropy.status), and whether reaping waits. */
   readonly aae?: ReadonlyArray<PartitionFigures>
+  /** Pushes of parked writes to the primaries, per partition parked here (AntiEntropy.fallbacks). */
+  readonly aaeFallbacks?: ReadonlyArray<{ readonly partition: number; readonly exchanges: number; readonly keysRepaired: number }>
   /** Refusals counted elsewhere (the transport's bounds), by limit name, since the node started. */
   readonly limits?: Readonly<Record<string, number>>
 }
@@ -174,6 +176,16 @@ export const makeMetrics = (readEngine: () => LogStats, readCluster?: () => Clus
     perPartition("counter", "tally_aae_keys_repaired_total", "Keys anti-entropy repaired, per partition", (p) => p.keysRepaired)
     perPartition("counter", "tally_aae_exchange_bytes_total", "Bytes anti-entropy exchanges sent and received, per partition", (p) => p.bytes)
     perPartition("gauge", "tally_aae_reap_blocked", "1 while the partition's tombstones may not be reaped (GET /admin/aae says why)", (p) => (p.reapBlocked === undefined ? undefined : p.reapBlocked ? 1 : 0))
+    const perFallback = (name: string, help: string, read: (f: NonNullable<ClusterFigures["aaeFallbacks"]>[number]) => number) =>
+      new client.Counter({
+        name, help, labelNames: ["partition"], registers: [registry],
+        collect() {
+          this.reset()
+          for (const f of cluster().aaeFallbacks ?? []) this.inc({ partition: String(f.partition) }, read(f))
+        }
+      })
+    perFallback("tally_aae_fallback_pushes_total", "Exchanges in which this node, a fallback, compared its parked writes of the partition with a primary", (f) => f.exchanges)
+    perFallback("tally_aae_fallback_keys_pushed_total", "Parked writes of the partition this node pushed to a primary that lacked them", (f) => f.keysRepaired)
     new client.Gauge({
       name: "tally_peer_phi",
       help: "Failure detector phi per peer (at 5: suspect, at 8: down)",

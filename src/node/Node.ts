@@ -233,6 +233,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       transfers: { running: local.length, stalled: local.filter((x) => x.state === "stalled").length, keys: local.reduce((n, x) => n + x.keysSent, 0) },
       coordinator: coordinatorService.stats(),
       aae: aaeService.status().map((p) => ({ ...p, reapBlocked: reapingService.cutoff(p.partition).blocked !== undefined })),
+      aaeFallbacks: aaeService.fallbacks(),
       limits: { ...(transportService.stats().limits ?? {}), read_repairs: coordinatorService.stats().readRepairsDropped, hints_unknown_owner: coordinatorService.stats().hintsRefused }
     }
   })
@@ -294,6 +295,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
             reapBlocked: c.blocked ?? null
           }
         }),
+        fallbacks: aaeService.fallbacks().map((f) => ({ ...f, lastExchange: f.lastExchange === undefined ? null : new Date(f.lastExchange).toISOString() })),
         reaping: {
           tombstoneGraceSeconds: live.tombstoneGraceMs / 1000,
           members: reapingService.members().map((m) => ({ id: m.id, answeredAt: m.at === undefined ? null : new Date(m.at).toISOString(), ringVersion: m.version ?? null, parked: m.parked }))
