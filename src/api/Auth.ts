@@ -111,6 +111,33 @@ class TokenSet {
   }
 }
 
+/** Whether a host name (from a URL) names this machine's loopback: `localhost`, 127.0.0.0/8, `[::1]`. */
+const isLoopbackName = (hostname: string): boolean =>
+  hostname === "localhost" || hostname.endsWith(".localhost") || hostname === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname)
+
+/**
+ * Whether a browser sent the request for a page of another origin. Without an admin token,
+ * /admin/* trusts a loopback client; a browser on the node's host is one, so any web page its
+ * user opens could otherwise POST /admin/leave or /admin/remove to 127.0.0.1 (a no-body POST
+ * needs no CORS preflight). Browsers mark such requests: `Sec-Fetch-Site` other than
+ * same-origin or none, and an `Origin` header on every POST. An Origin must be this very host
+ * and a loopback name, which also turns away DNS rebinding (a page of evil.example whose name
+ * now resolves to 127.0.0.1 is same-origin to the browser, but its Origin names evil.example).
+ * Clients that are not browsers (curl, tally admin) send neither header.
+ */
+const fromForeignPage = (req: FastifyRequest): boolean => {
+  const site = req.headers["sec-fetch-site"]
+  if (site !== undefined && site !== "same-origin" && site !== "none") return true
+  const origin = req.headers.origin
+  if (origin === undefined) return false
+  try {
+    const u = new URL(origin)
+    return u.host !== req.headers.host || !isLoopbackName(u.hostname)
+  } catch {
+    return true // "null" (a sandboxed page or a file) or garbage
+  }
+}
+
 const bearer = (req: FastifyRequest): string | undefined => {
   const h = req.headers.authorization
   const m = typeof h === "string" ? /^Bearer[ ]+(\S+)\s*$/i.exec(h) : null
@@ -139,7 +166,11 @@ export const registerAuth = (app: FastifyInstance, config: AuthConfig, log: Fast
     if (cls === "open") return done()
     const tokens = cls === "admin" ? admin : client
     if (tokens === undefined) {
-      if (cls === "kv" || isLoopbackAddress(req.socket.remoteAddress)) return done()
+      if (cls === "kv") return done()
+      if (isLoopbackAddress(req.socket.remoteAddress)) {
+        if (!fromForeignPage(req)) return done()
+        return refuse(reply, "admin routes refuse requests from browser pages of other origins when the node has no --admin-token-file: a web page must not drive the node through its visitor's loopback; use tally admin or curl, or start the node with --admin-token-file")
+      }
       return refuse(reply, "admin routes answer loopback clients only: this node has no --admin-token-file; ask from the node's own host, or start it with one and send Authorization: Bearer <token>")
     }
     const given = bearer(req)

@@ -16,6 +16,7 @@ import * as Dvv from "../versions/Dvv.ts"
 import { liveSiblings, type Sibling } from "../versions/Sibling.ts"
 import { registerAdmission } from "./Admission.ts"
 import { registerAuth, type AuthConfig } from "./Auth.ts"
+import { type CorsOrigins, registerCors } from "./Cors.ts"
 import type { HttpsFiles } from "./Https.ts"
 import { parseContentType, parseContext, parseKey, parseQuorum, QUERY_SCHEMA, type KvQuery, type RequestDefaults } from "./Request.ts"
 import { registerDashboard } from "../ui/Dashboard.ts"
@@ -57,6 +58,8 @@ export interface ApiDeps {
   readonly keys?: KeysDeps
   /** Token files of /admin/* and /kv (Auth.ts); absent: admin from loopback only, kv open. */
   readonly auth?: AuthConfig
+  /** Origins whose browser pages may call /kv (`--cors-origin`); undefined: no CORS headers. */
+  readonly cors?: CorsOrigins
   /** Certificate and key: the API serves HTTPS. */
   readonly https?: HttpsFiles | undefined
   /** Requests served at once (Admission.ts); absent: DEFAULTS.maxRequestsInFlight. */
@@ -129,6 +132,8 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
   // Who may connect, before anything else reads the request: the in-flight bound, then tokens.
   const maxInFlight = deps.maxRequestsInFlight ?? DEFAULTS.maxRequestsInFlight
   registerAdmission(app, () => maxInFlight, () => deps.metrics.limitHit("http_in_flight"))
+  // Before the token check: a browser's preflight carries no token.
+  if (deps.cors !== undefined) registerCors(app, deps.cors)
   registerAuth(app, deps.auth ?? {}, deps.logger)
 
   // Values are bytes whatever their type, even one Fastify could not parse as a media type:

@@ -69,6 +69,8 @@ export interface NodeSettings {
   readonly adminTokenFile?: string | undefined
   /** File of the bearer token(s) /kv needs; undefined: no token. */
   readonly clientTokenFile?: string | undefined
+  /** Origins a browser page may call the client API from (CORS), comma-separated, or `*`; undefined: none. */
+  readonly corsOrigin?: string | undefined
   /** Certificate and key (PEM) of the client API's HTTPS; both or neither. */
   readonly tlsCert?: string | undefined
   readonly tlsKey?: string | undefined
@@ -233,6 +235,7 @@ export const NODE_FLAGS: ReadonlyArray<NodeFlag> = [
   flag("clusterSecretFile", "cluster-secret-file", "FILE", "secret shared by the cluster's nodes: internode traffic is TLS, authenticated with it; a second line is a previous secret still accepted; needed to listen beyond loopback", "none: plain TCP, loopback only"),
   flag("adminTokenFile", "admin-token-file", "FILE", "bearer token /admin/* needs (one a line, all accepted; re-read when it changes)", "none: /admin/* answers loopback clients only"),
   flag("clientTokenFile", "client-token-file", "FILE", "bearer token /kv needs (one a line, all accepted; re-read when it changes)", "none"),
+  flag("corsOrigin", "cors-origin", "ORIGINS", "origins (scheme://host[:port], comma-separated) whose browser pages may call /kv, or * for any: CORS headers on /kv only", "none: no CORS headers"),
   flag("tlsCert", "tls-cert", "FILE", "PEM certificate (chain) of the client API: it serves HTTPS; with --tls-key", "none: HTTP"),
   flag("tlsKey", "tls-key", "FILE", "PEM private key of --tls-cert", "none"),
   flag("maxRequestsInFlight", "max-requests-in-flight", "K", "HTTP requests served at once; more are answered 503 with Retry-After", String(DEFAULTS.maxRequestsInFlight)),
@@ -287,6 +290,7 @@ const TOP_KINDS: { readonly [K in FlagKey]: Kind } = {
   clusterSecretFile: { type: "text", pattern: /\S/, expected: "a file path" },
   adminTokenFile: { type: "text", pattern: /\S/, expected: "a file path" },
   clientTokenFile: { type: "text", pattern: /\S/, expected: "a file path" },
+  corsOrigin: { type: "text", pattern: /^(\*|https?:\/\/[^\s,/]+(,https?:\/\/[^\s,/]+)*)$/, expected: "* or origins like https://app.example.com:8443, comma-separated, no paths" },
   tlsCert: { type: "text", pattern: /\S/, expected: "a file path" },
   tlsKey: { type: "text", pattern: /\S/, expected: "a file path" },
   maxRequestsInFlight: { type: "int", min: 1, max: 1_000_000 },
@@ -598,6 +602,7 @@ export const resolveSettings = (sources: SettingsSources): Result.Result<NodeSet
     clusterSecretFile: values.clusterSecretFile as string | undefined,
     adminTokenFile: values.adminTokenFile as string | undefined,
     clientTokenFile: values.clientTokenFile as string | undefined,
+    corsOrigin: values.corsOrigin as string | undefined,
     tlsCert: values.tlsCert as string | undefined,
     tlsKey: values.tlsKey as string | undefined,
     maxRequestsInFlight: (values.maxRequestsInFlight as number | undefined) ?? DEFAULTS.maxRequestsInFlight,

@@ -15,6 +15,7 @@ import { makeMemoryFiles, nodeFilesApi, type FilesApi } from "../../engine/Files
 import { Coordinator } from "../coordinator/Coordinator.ts"
 import { isDataMessage } from "../coordinator/Messages.ts"
 import { Handoff, shipLoop } from "../handoff/Handoff.ts"
+import { parseCorsOrigins } from "../api/Cors.ts"
 import { isTransferMessage, Transfer } from "../transfer/Transfer.ts"
 import { type AaeConfig, AntiEntropy, isAaeMessage } from "../aae/AntiEntropy.ts"
 import { isReapingMessage, Reaping, type ReapingConfig } from "../aae/Reaping.ts"
@@ -244,6 +245,7 @@ export const assembleNode = async (settings: NodeSettings, options: StartOptions
       return yield* (yield* KeyListing).list(q)
     })) as Promise<Exit.Exit<KeyPage, ApiError>>, defaultTimeoutMs: () => DEFAULT_TIMEOUT_MS },
     auth: { adminTokenFile: settings.adminTokenFile, clientTokenFile: settings.clientTokenFile },
+    ...(settings.corsOrigin === undefined ? {} : { cors: parseCorsOrigins(settings.corsOrigin) }),
     https,
     maxRequestsInFlight: settings.maxRequestsInFlight,
     now: options.clock === undefined ? undefined : () => options.clock!.currentTimeMillisUnsafe(),

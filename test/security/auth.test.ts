@@ -44,6 +44,30 @@ t.test("without token files: /admin/* answers loopback only, /kv and the probes 
   for (const url of ["/ping", "/health", "/metrics"]) t.equal((await node.app.inject({ method: "GET", url, remoteAddress: REMOTE })).statusCode, 200, `${url} is open`)
 })
 
+t.test("without an admin token, a browser page of another origin cannot use the loopback trust", async (t) => {
+  const node = await testNode()
+  t.teardown(() => node.close())
+  const host = "127.0.0.1:8081"
+  const leave = (headers: Record<string, string>) => node.app.inject({ method: "POST", url: "/admin/compact", headers: { host, ...headers }, remoteAddress: "127.0.0.1" })
+  for (const [what, headers] of [
+    ["a page of another site (Origin)", { origin: "https://evil.example" }],
+    ["DNS rebinding: same host and port, but the page's name", { origin: "http://evil.example:8081", host: "evil.example:8081" }],
+    ["another local app (other port)", { origin: "http://127.0.0.1:3000" }],
+    ["a sandboxed page or a file (Origin: null)", { origin: "null" }],
+    ["Sec-Fetch-Site: cross-site, no Origin", { "sec-fetch-site": "cross-site" }],
+    ["Sec-Fetch-Site: same-site", { "sec-fetch-site": "same-site" }]
+  ] as const) {
+    const r = await leave(headers)
+    t.equal(r.statusCode, 401, `${what}: refused before the route acts`)
+    t.match(r.json().message, /browser pages of other origins/)
+  }
+  t.equal((await leave({})).statusCode, 202, "curl or tally admin from loopback (no Origin) still works")
+  t.equal((await leave({ origin: `http://${host}`, "sec-fetch-site": "same-origin" })).statusCode, 202, "so does the node's own page (/ui) on a loopback origin")
+  t.equal((await leave({ origin: "http://localhost:8081", host: "localhost:8081" })).statusCode, 202, "and on localhost")
+  t.equal((await node.app.inject({ method: "GET", url: "/admin/cluster", headers: { host, "sec-fetch-site": "none" }, remoteAddress: "127.0.0.1" })).statusCode, 200, "an address typed in the browser (Sec-Fetch-Site: none) is the user's own")
+  t.equal((await node.app.inject({ method: "PUT", url: "/kv/a", payload: "x", headers: { host, origin: "https://evil.example" }, remoteAddress: "127.0.0.1" })).statusCode, 204, "/kv is not affected (CORS governs what a page may read)")
+})
+
 t.test("--admin-token-file: /admin/* needs the token, from anywhere", async (t) => {
   const node = await testNode({ adminTokenFile: file("admin", `# rotation: both lines are accepted\n${ADMIN}\n${ADMIN}-next\n`) })
   t.teardown(() => node.close())
