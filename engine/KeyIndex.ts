@@ -3,9 +3,12 @@
  * the record's partition and content hash. A Map from key to a slot number, and the slots'
  * fields in parallel typed arrays, so an entry costs a Map entry plus 26 bytes instead of a
  * JS object per key (docs/storage.md has the measured figure). Tombstones stay indexed: the
- * node needs their metadata. Keys per partition are counted here; listing a partition's keys
- * walks the whole index (a per-partition list would cost 8 more bytes per key for a walk
- * that only transfers and exchanges make). Every change also updates the partition's
+ * node needs their metadata. Each partition keeps the list of its keys, so listing a
+ * partition's keys (a transfer's snapshot, an exchange's pass over hashes, a drop) visits that
+ * partition only, for about 17 bytes a key (a slot -> key reference, the slot's entry in its
+ * partition's list and its place there, so a delete is O(1)). Walking the whole index for every such pass cost
+ * 16-22 ms at 1M keys, on the event loop, on both sides of every exchange step and for every
+ * snapshot (docs/perf.md, the rebalance benchmark). Every change also updates the partition's
  * anti-entropy tree (TictacTree.ts), so the trees are current whenever the index is, at
  * start-up included.
  */
@@ -43,6 +46,12 @@ export class KeyIndex {
   /** Partition (at most 2^16 of them). */
   private part = new Uint16Array(INITIAL)
   private hash = new Uint32Array(INITIAL)
+  /** Slot -> its key (undefined while the slot is free). */
+  private readonly slotKey: Array<string | undefined> = []
+  /** Slot -> its place in its partition's list. */
+  private place = new Uint32Array(INITIAL)
+  /** Partition -> its slots, the first `perPartition[p]` entries. */
+  private readonly lists: Array<Uint32Array | undefined> = []
   private readonly perPartition = new Uint32Array(0x1_0000)
   private free: number[] = []
   private used = 0
@@ -77,6 +86,33 @@ export class KeyIndex {
     this.lsns = widen(this.lsns, (n) => new Float64Array(n))
     this.part = widen(this.part, (n) => new Uint16Array(n))
     this.hash = widen(this.hash, (n) => new Uint32Array(n))
+    this.place = widen(this.place, (n) => new Uint32Array(n))
+  }
+
+  /** Adds slot `s` to partition `p`'s list, and counts it. */
+  private enlist(s: number, p: number): void {
+    const n = this.perPartition[p]!
+    let list = this.lists[p]
+    if (list === undefined || list.length === n) {
+      // 1.5x: the slack is a quarter of a list on average, a byte a key.
+      const wider = new Uint32Array(Math.max(64, Math.ceil(n * 1.5)))
+      if (list !== undefined) wider.set(list)
+      this.lists[p] = list = wider
+    }
+    list[n] = s
+    this.place[s] = n
+    this.perPartition[p] = n + 1
+  }
+
+  /** Removes slot `s` from partition `p`'s list: the last slot takes its place. */
+  private delist(s: number, p: number): void {
+    const list = this.lists[p]!
+    const last = this.perPartition[p]! - 1
+    const i = this.place[s]!
+    const moved = list[last]!
+    list[i] = moved
+    this.place[moved] = i
+    this.perPartition[p] = last
   }
 
   private newSlot(key: string, partition: number): number {
@@ -86,7 +122,9 @@ export class KeyIndex {
       s = this.used++
     }
     this.map.set(key, s)
-    this.perPartition[partition]!++
+    this.slotKey[s] = key
+    this.part[s] = partition
+    this.enlist(s, partition)
     return s
   }
 
@@ -101,8 +139,8 @@ export class KeyIndex {
   private write(s: number, segment: number, offset: number, size: number, lsn: number, tombstone: boolean, partition: number, hashHi: number, hashLo: number): void {
     const was = this.part[s]!
     if (was !== partition) {
-      this.perPartition[was]!--
-      this.perPartition[partition]!++
+      this.delist(s, was)
+      this.enlist(s, partition)
     }
     this.seg[s] = segment
     this.off[s] = offset
@@ -131,7 +169,6 @@ export class KeyIndex {
     const h = this.track ? keyHash(key) : 0
     if (s === undefined) {
       s = this.newSlot(key, partition)
-      this.part[s] = partition
     } else if (this.track) {
       this.trees.change(this.part[s]!, h, this.hash[s]!, -1)
     }
@@ -171,7 +208,6 @@ export class KeyIndex {
       this.replacedSize = 0
       this.replacedHash = 0
       s = this.newSlot(key, partition)
-      this.part[s] = partition
     } else {
       if (this.lsns[s]! >= lsn) return false
       this.replacedSegment = this.seg[s]!
@@ -191,9 +227,10 @@ export class KeyIndex {
   delete(key: string): boolean {
     const s = this.map.get(key)
     if (s === undefined) return false
-    this.map.delete(key)
     if (this.track) this.trees.change(this.part[s]!, keyHash(key), this.hash[s]!, -1)
-    this.perPartition[this.part[s]!]!--
+    this.delist(s, this.part[s]!)
+    this.map.delete(key)
+    this.slotKey[s] = undefined
     this.free.push(s)
     return true
   }
@@ -207,7 +244,8 @@ export class KeyIndex {
    * The entries whose record is in one of `segments` (what a compaction copies), walking the
    * index once and handing them out in batches, one per `step` entries walked, so the caller
    * can yield between batches (a million keys take a few hundred milliseconds to walk).
-   * Changes between batches are safe as for `keysIn`; an entry is a snapshot of its location.
+   * Changes between batches are safe: a Map iterator visits what is added and skips what is
+   * deleted; an entry is a snapshot of its location.
    */
   *locationsIn(segments: ReadonlySet<number>, step: number): Generator<Array<{ key: string } & Omit<Location, "hash">>> {
     let batch: Array<{ key: string } & Omit<Location, "hash">> = []
@@ -227,29 +265,24 @@ export class KeyIndex {
 
   /** The keys of one partition, in no particular order (a snapshot: an array). */
   keysOf(partition: number): string[] {
-    const out: string[] = []
-    if (this.perPartition[partition] === 0) return out
-    for (const [key, s] of this.map) if (this.part[s] === partition) out.push(key)
+    const n = this.perPartition[partition]!
+    const list = this.lists[partition]
+    const out = new Array<string>(n)
+    for (let i = 0; i < n; i++) out[i] = this.slotKey[list![i]!]!
     return out
   }
 
   /**
-   * The keys of the given partitions, walking the index once for all of them, handed out in
-   * batches: one batch per `step` entries walked, so a caller can yield between batches
-   * (dropping partitions that moved away walks a million keys). Changes made between two
-   * batches are safe: a Map iterator visits what is added and skips what is deleted.
+   * The keys of the given partitions, handed out in batches of at most `step`, so a caller can
+   * yield between batches (dropping the partitions that moved away). Each partition's keys
+   * are listed when its turn comes (a snapshot): keys added to it later are not handed out,
+   * keys deleted since are (the caller looks each one up anyway).
    */
   *keysIn(partitions: ReadonlySet<number>, step: number): Generator<string[]> {
-    let batch: string[] = []
-    let walked = 0
-    for (const [key, s] of this.map) {
-      if (partitions.has(this.part[s]!)) batch.push(key)
-      if (++walked % step === 0) {
-        yield batch
-        batch = []
-      }
+    for (const p of partitions) {
+      const keys = this.keysOf(p)
+      for (let i = 0; i < keys.length; i += step) yield keys.slice(i, i + step)
     }
-    if (batch.length > 0) yield batch
   }
 
   /**
@@ -257,10 +290,13 @@ export class KeyIndex {
    * no particular order (a snapshot array; hashes only, no disk read).
    */
   hashesOf(partition: number): Array<{ key: string; h: number; hash: number; tombstone: boolean }> {
-    const out: Array<{ key: string; h: number; hash: number; tombstone: boolean }> = []
-    if (this.perPartition[partition] === 0) return out
-    for (const [key, s] of this.map) {
-      if (this.part[s] === partition) out.push({ key, h: keyHash(key), hash: this.hash[s]!, tombstone: this.len[s]! >= TOMB })
+    const n = this.perPartition[partition]!
+    const list = this.lists[partition]
+    const out = new Array<{ key: string; h: number; hash: number; tombstone: boolean }>(n)
+    for (let i = 0; i < n; i++) {
+      const s = list![i]!
+      const key = this.slotKey[s]!
+      out[i] = { key, h: keyHash(key), hash: this.hash[s]!, tombstone: this.len[s]! >= TOMB }
     }
     return out
   }

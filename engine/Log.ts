@@ -96,8 +96,11 @@ export interface LogConfig {
 
 /** Upper bound of `maxSegmentBytes`: offsets and sizes are u32 in the index and hints. */
 export const MAX_SEGMENT_BYTES = 2 ** 31
-/** Index entries a partition drop walks between two yields to the event loop. */
-const DROP_STEP = 32_768
+/**
+ * Keys a partition drop forgets between two yields to the event loop: a few milliseconds of
+ * index deletes (the drop visits only the dropped partitions' keys, KeyIndex.keysIn).
+ */
+const DROP_STEP = 4_096
 
 /** Defaults for everything but `dir`. */
 export const defaultLogConfig: Omit<LogConfig, "dir"> = {
@@ -694,7 +697,7 @@ export class Log {
   /**
    * Drops every record of `partition` written so far, durably: after return (and after a
    * crash) none of them is read, streamed or kept by compaction. Writes to the partition
-   * accepted later are kept. Cheap: one small file written, the index walked once.
+   * accepted later are kept. Cheap: one small file written, the partition's keys visited once.
    */
   dropPartition(partition: number): Promise<number> {
     return this.dropPartitions([partition])
@@ -702,8 +705,8 @@ export class Log {
 
   /**
    * Drops several partitions at once (what moved away after a rebalance): one durable STATE
-   * write and one walk of the index for all of them, in steps that yield to the event loop,
-   * so requests are not held for seconds while a million keys are walked. The drop marks are
+   * write, then their keys forgotten in steps that yield to the event loop, so requests are
+   * not held while hundreds of thousands of keys go. The drop marks are
    * durable before the first key is forgotten: a crash in between is finished at start-up.
    * Returns how many keys went.
    */

@@ -24,3 +24,38 @@ t.test("a size of 2 GiB or more is refused, not folded into the tombstone bit", 
   const ix = new KeyIndex()
   t.throws(() => ix.set("k", 1, 64, 2 ** 31, 1, false, 0, 0, 0), RangeError)
 })
+
+t.test("each partition's key list follows sets, replaces, moves between partitions, deletes and slot reuse (property)", async (t) => {
+  const fc = await import("fast-check")
+  const op = fc.oneof(
+    fc.record({ k: fc.constant("set" as const), key: fc.integer({ min: 0, max: 40 }), p: fc.integer({ min: 0, max: 5 }) }),
+    fc.record({ k: fc.constant("replace" as const), key: fc.integer({ min: 0, max: 40 }), p: fc.integer({ min: 0, max: 5 }) }),
+    fc.record({ k: fc.constant("delete" as const), key: fc.integer({ min: 0, max: 40 }), p: fc.constant(0) })
+  )
+  fc.assert(fc.property(fc.array(op, { maxLength: 400 }), (ops) => {
+    const ix = new KeyIndex()
+    const model = new Map<string, number>()
+    let lsn = 1
+    for (const o of ops) {
+      const key = `k${o.key}`
+      if (o.k === "set") {
+        ix.set(key, 1, 0, 10, lsn++, false, o.p, 0, o.key)
+        model.set(key, o.p)
+      } else if (o.k === "replace") {
+        if (ix.replaceIfNewer(key, 1, 0, 10, lsn++, false, o.p, 0, o.key)) model.set(key, o.p)
+      } else {
+        t.equal(ix.delete(key), model.delete(key))
+      }
+    }
+    for (let p = 0; p <= 5; p++) {
+      const want = [...model].filter(([, q]) => q === p).map(([k]) => k).sort()
+      if (JSON.stringify([...ix.keysOf(p)].sort()) !== JSON.stringify(want)) return false
+      if (JSON.stringify(ix.hashesOf(p).map((e) => e.key).sort()) !== JSON.stringify(want)) return false
+      if (ix.countOf(p) !== want.length) return false
+      const batches = [...ix.keysIn(new Set([p]), 3)]
+      if (batches.some((b) => b.length > 3) || JSON.stringify(batches.flat().sort()) !== JSON.stringify(want)) return false
+    }
+    return ix.size === model.size
+  }), { numRuns: 300 })
+  t.pass("300 runs")
+})
