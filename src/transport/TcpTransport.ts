@@ -154,11 +154,13 @@ class Wire {
       this.queuedBytes += bytes.length
       return
     }
-    // Frames written in one turn of the event loop leave in one writev.
+    // Frames written in one turn of the event loop leave in one writev: uncorked by
+    // setImmediate, after every I/O callback of this poll phase (a request arriving on each
+    // of many client connections), not by nextTick after the current one alone.
     if (!this.corked) {
       this.corked = true
       this.socket.cork()
-      process.nextTick(this.uncork)
+      setImmediate(this.uncork)
     }
     if (!this.socket.write(bytes)) this.blocked = true
     written?.()
