@@ -74,8 +74,18 @@ export const defaultAaeConfig: AaeConfig = {
   tombstoneGraceMs: 86_400_000
 }
 
+/** Totals of the exchanges this node started for one partition, since it started. */
+export interface ExchangeTotals {
+  readonly lastExchange: number | undefined
+  readonly lastPeer: string | undefined
+  readonly exchanges: number
+  readonly keysCompared: number
+  readonly keysRepaired: number
+  readonly bytes: number
+}
+
 /** What /admin/aae shows for one partition. */
-export interface PartitionAae {
+export interface PartitionAae extends ExchangeTotals {
   readonly partition: number
   /** This node's tree root for the partition (equal on replicas that hold the same objects). */
   readonly root: number
@@ -83,12 +93,6 @@ export interface PartitionAae {
   readonly keys: number
   /** Other primaries this node exchanges with. */
   readonly peers: ReadonlyArray<string>
-  readonly lastExchange: number | undefined
-  readonly lastPeer: string | undefined
-  readonly exchanges: number
-  readonly keysCompared: number
-  readonly keysRepaired: number
-  readonly bytes: number
   /** Start of the latest clean exchange with each peer (ms since the epoch). */
   readonly cleanSince: Readonly<Record<string, number>>
 }
@@ -97,28 +101,26 @@ export interface PartitionAae {
  * What /admin/aae shows for one partition whose writes are parked here for an absent owner:
  * the pushes of those writes to the partition's primaries (HintExchange.ts).
  */
-export interface FallbackAae {
+export interface FallbackAae extends ExchangeTotals {
   readonly partition: number
   /** Parked (key, owner) entries of the partition. */
   readonly parked: number
   /** The partition's primaries that are up, whom this node pushes to. */
   readonly peers: ReadonlyArray<string>
-  readonly lastExchange: number | undefined
-  readonly lastPeer: string | undefined
-  readonly exchanges: number
-  readonly keysCompared: number
-  readonly keysRepaired: number
-  readonly bytes: number
 }
 
-interface Stats {
-  lastExchange: number | undefined
-  lastPeer: string | undefined
-  exchanges: number
-  keysCompared: number
-  keysRepaired: number
-  bytes: number
-  readonly cleanSince: Map<string, number>
+type Stats = { -readonly [K in keyof ExchangeTotals]: ExchangeTotals[K] } & { readonly cleanSince: Map<string, number> }
+
+const newStats = (): Stats => ({ lastExchange: undefined, lastPeer: undefined, exchanges: 0, keysCompared: 0, keysRepaired: 0, bytes: 0, cleanSince: new Map() })
+
+/** Adds one exchange's outcome to `s`. */
+const count = (s: Stats, at: number, peer: string, r: ExchangeResult): void => {
+  s.lastExchange = at
+  s.lastPeer = peer
+  s.exchanges++
+  s.keysCompared += r.keysCompared
+  s.keysRepaired += r.repaired
+  s.bytes += r.bytes
 }
 
 /** The anti-entropy service. */
@@ -152,17 +154,14 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   const now = () => clock.currentTimeMillisUnsafe()
   const self = membership.self.id
   const stats = new Map<number, Stats>()
-  const statsOf = (p: number): Stats => {
-    let s = stats.get(p)
-    if (s === undefined) {
-      s = { lastExchange: undefined, lastPeer: undefined, exchanges: 0, keysCompared: 0, keysRepaired: 0, bytes: 0, cleanSince: new Map() }
-      stats.set(p, s)
-    }
-    return s
-  }
-
   /** Pushes of parked writes, per partition; and where the next push to each primary starts. */
   const fallbackStats = new Map<number, Stats>()
+  const statsIn = (m: Map<number, Stats>, p: number): Stats => {
+    let s = m.get(p)
+    if (s === undefined) m.set(p, s = newStats())
+    return s
+  }
+  const statsOf = (p: number): Stats => statsIn(stats, p)
   const pushFrom = new Map<string, number>()
 
   /** Other current primaries of `partition`, if this node is one. */
@@ -188,12 +187,7 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   const exchangeWith = (partition: number, peer: string): Effect.Effect<ExchangeResult & { readonly peer: string }, Error> =>
     exchange(deps, ask(peer), partition).pipe(Effect.map((r) => {
       const s = statsOf(partition)
-      s.lastExchange = now()
-      s.lastPeer = peer
-      s.exchanges++
-      s.keysCompared += r.keysCompared
-      s.keysRepaired += r.repaired
-      s.bytes += r.bytes
+      count(s, now(), peer, r)
       if (r.clean) s.cleanSince.set(peer, r.started)
       return { ...r, peer }
     }))
@@ -202,14 +196,7 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
   const pushTo = (partition: number, peer: string): Effect.Effect<ExchangeResult & { readonly peer: string }, Error> =>
     pushHints(parkedView, ask(peer), partition, { from: pushFrom.get(`${partition}/${peer}`) ?? 0, maxRepairs: config.maxRepairs, now }).pipe(Effect.map((r) => {
       pushFrom.set(`${partition}/${peer}`, r.next)
-      let s = fallbackStats.get(partition)
-      if (s === undefined) fallbackStats.set(partition, s = { lastExchange: undefined, lastPeer: undefined, exchanges: 0, keysCompared: 0, keysRepaired: 0, bytes: 0, cleanSince: new Map() })
-      s.lastExchange = now()
-      s.lastPeer = peer
-      s.exchanges++
-      s.keysCompared += r.keysCompared
-      s.keysRepaired += r.repaired
-      s.bytes += r.bytes
+      count(statsIn(fallbackStats, partition), now(), peer, r)
       return { ...r, peer }
     }))
 

@@ -52,19 +52,24 @@ export const Transfers = Schema.Struct({ transfers: Schema.Array(Transfer) })
 /** `GET /admin/transfers`. */
 export type Transfers = typeof Transfers.Type
 
-/** One partition as `GET /admin/aae` shows it: anti-entropy with its other primaries, and whether its tombstones may go. */
-export const PartitionAae = Schema.Struct({
-  partition: Schema.Number,
-  root: Schema.optionalKey(Schema.Number),
-  keys: Schema.Number,
-  peers: Schema.Array(Schema.String),
+/** The totals of a partition's exchanges, as `GET /admin/aae` shows them. */
+const exchangeTotals = {
   /** ISO 8601, or null: no exchange yet. */
   lastExchange: Schema.NullOr(Schema.String),
   lastPeer: Schema.optionalKey(Schema.String),
   exchanges: Schema.Number,
   keysCompared: Schema.Number,
   keysRepaired: Schema.Number,
-  bytes: Schema.Number,
+  bytes: Schema.Number
+}
+
+/** One partition as `GET /admin/aae` shows it: anti-entropy with its other primaries, and whether its tombstones may go. */
+export const PartitionAae = Schema.Struct({
+  partition: Schema.Number,
+  root: Schema.optionalKey(Schema.Number),
+  keys: Schema.Number,
+  peers: Schema.Array(Schema.String),
+  ...exchangeTotals,
   cleanSince: Schema.optionalKey(Schema.Record(Schema.String, Schema.String)),
   /** Tombstones written here at or before this time (ISO 8601) may be reaped; null: none may. */
   reapBefore: Schema.optionalKey(Schema.NullOr(Schema.String)),
@@ -79,12 +84,7 @@ export const FallbackAae = Schema.Struct({
   partition: Schema.Number,
   parked: Schema.Number,
   peers: Schema.Array(Schema.String),
-  lastExchange: Schema.NullOr(Schema.String),
-  lastPeer: Schema.optionalKey(Schema.String),
-  exchanges: Schema.Number,
-  keysCompared: Schema.Number,
-  keysRepaired: Schema.Number,
-  bytes: Schema.Number
+  ...exchangeTotals
 })
 /** One fallback partition as `GET /admin/aae` shows it. */
 export type FallbackAae = typeof FallbackAae.Type

@@ -72,6 +72,19 @@ t.test("anti-entropy: a row per partition, the tombstones' fate, totals", async 
     "sorted by partition; a node that does not say what happens to tombstones shows -"
   )
   t.equal(formatAae({ node: "a", partitions: [] }, now), "node a: 0 partitions\nno partitions: this node is a primary of none, or the ring has one member\n")
+  const fallbacks = [{ partition: 5, parked: 3, peers: ["b", "c"], lastExchange: new Date(now - 1000).toISOString(), lastPeer: "c", exchanges: 2, keysCompared: 6, keysRepaired: 3, bytes: 200 }]
+  t.equal(
+    formatAae({ node: "a", partitions: [], fallbacks }, now),
+    [
+      "node a: 0 partitions",
+      "no partitions: this node is a primary of none, or the ring has one member",
+      "parked here for absent owners, pushed to the primaries that are up:",
+      "PARTITION  PARKED  PRIMARIES UP  LAST PUSH  PUSHES  COMPARED  PUSHED  BYTES",
+      "5          3       b,c           1s ago     2       6         3       200",
+      ""
+    ].join("\n"),
+    "the partitions parked here follow, with their pushes"
+  )
 })
 
 t.test("transfer lines", async (t) => {
