@@ -19,25 +19,26 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { type Case, header, load, loadOptions, log, paced, preload, row, startServer, stopServers } from "./lib/httpLoad.ts"
+import { type Case, header, load, loadOptions, log, paced, preload, row, type Server, startServer, stopServers, withCpu } from "./lib/httpLoad.ts"
 
 const o = loadOptions(96, { rounds: { type: "string", default: "3" } })
 
 const node = (id: string, port: number, dir: string, extra: string[] = []) =>
   startServer(["bin/tally.js", "node", "--id", id, "--port", String(port), "--cluster-port", String(port + 100), "--data", path.join(dir, id), "--fsync", "batch", "--n", "3", "--r", "2", "--w", "2", "--log-level", "warn", ...extra])
 
-const measure = async (name: string, urls: string[]) => {
+const measure = async (name: string, servers: ReadonlyArray<Server>) => {
+  const urls = servers.map((s) => s.url)
   log(`${name}: preloading ${o.keys} keys`)
   await preload(urls[0]!, o.keys)
   await load(urls, "GET", { ...o, seconds: 2 })
   log(`${name}: GET ${o.seconds} s`)
-  const get = await load(urls, "GET", o)
+  const get = await withCpu(servers, () => load(urls, "GET", o))
   log(`${name}: PUT ${o.seconds} s`)
-  const put = await load(urls, "PUT", o)
+  const put = await withCpu(servers, () => load(urls, "PUT", o))
   log(`${name}: GET and PUT at half the peak rate`)
   // Paced open loop, not autocannon's rate limit (which sends each second's quota in a burst).
-  const getHalf = await paced(urls, "GET", o, get.rps / 2)
-  const putHalf = await paced(urls, "PUT", o, put.rps / 2)
+  const getHalf = await withCpu(servers, () => paced(urls, "GET", o, get.rps / 2))
+  const putHalf = await withCpu(servers, () => paced(urls, "PUT", o, put.rps / 2))
   return { get, put, getHalf, putHalf }
 }
 
@@ -46,7 +47,7 @@ const cpus = os.cpus()
 log(`${cpus.length} x ${cpus[0]?.model}, Node ${process.version}`)
 
 const solo = await node("solo", 9301, tmp)
-const single = await measure("single node", [solo.url])
+const single = await measure("single node", [solo])
 await stopServers([solo])
 
 const first = await node("c1", 9311, tmp)
@@ -57,7 +58,7 @@ for (let tries = 0; tries < 100; tries++) {
   if (views.every((v) => v.nodes.length === 3 && v.nodes.every((m) => m.status === "up"))) break
   await new Promise((r) => setTimeout(r, 200))
 }
-const cluster = await measure("3-node cluster", nodes.map((n) => n.url))
+const cluster = await measure("3-node cluster", nodes)
 
 /** Starts a 3-node cluster on ports base+1..base+3 and waits until every node sees all three up. */
 const startCluster = async (base: number, prefix: string, extra: string[]) => {
@@ -93,7 +94,7 @@ const tlsPuts: Case[] = []
 for (let r = 0; r < rounds; r++) {
   for (const tls of r % 2 === 0 ? [false, true] : [true, false]) {
     log(`round ${r + 1}: PUT ${o.seconds} s, ${tls ? "TLS" : "plain"}`)
-    ;(tls ? tlsPuts : plainPuts).push(await load(tls ? tlsUrls : nodes.map((n) => n.url), "PUT", o))
+    ;(tls ? tlsPuts : plainPuts).push(await withCpu(tls ? tlsNodes : nodes, () => load(tls ? tlsUrls : nodes.map((n) => n.url), "PUT", o)))
   }
 }
 await stopServers([...nodes, ...tlsNodes])
@@ -120,6 +121,7 @@ const ratioTlsGet = clean(tlsGet) / cluster.get.rps
 console.log(`TLS / plain: PUT ${ratioTlsPut.toFixed(3)} over ${rounds} alternating rounds (per round ${ratioTlsPerRound.map((x) => x.toFixed(3)).join(", ")}; target >= 0.85), GET ${ratioTlsGet.toFixed(2)}`)
 const ratioPut = cluster.put.rps / single.put.rps
 const ratioGet = cluster.get.rps / single.get.rps
+console.log(`CPU per acknowledged request, the three nodes together: PUT ${cluster.put.serverCpuUs} us (target <= 100), GET ${cluster.get.serverCpuUs} us; with this process's: PUT ${(cluster.put.serverCpuUs ?? 0) + (cluster.put.clientCpuUs ?? 0)} us; single node PUT ${single.put.serverCpuUs} us, GET ${single.get.serverCpuUs} us`)
 console.log(`cluster/single: PUT ${ratioPut.toFixed(2)} (target >= 0.6), GET ${ratioGet.toFixed(2)}; p99 at half peak, paced open loop: GET ${cluster.getHalf.p99} ms, PUT ${cluster.putHalf.p99} ms (targets < 10, < 15); this process's event-loop delay p99/max then: GET ${cluster.getHalf.clientLoopP99}/${cluster.getHalf.clientLoopMax} ms, PUT ${cluster.putHalf.clientLoopP99}/${cluster.putHalf.clientLoopMax} ms`)
 console.log(JSON.stringify({
   bench: "cluster",

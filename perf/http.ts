@@ -2,14 +2,15 @@
  * npm run bench:http: autocannon against one Tally node (fsync batch) and, in the same run,
  * a bare Fastify server serving the same two routes from a JS Map. GET and PUT of 1 KiB
  * values, 100 connections. Servers run as child processes, one at a time; the load comes
- * from this process. Prints a table, then one JSON line with the figures and ratios.
+ * from this process. Each case also gives the CPU per request of the server and of this
+ * process (/proc). Prints a table, then one JSON line with the figures and ratios.
  *
  * Options: --seconds S per case (10), --connections C (100), --keys K preloaded (10000).
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { header, load, loadOptions, log, preload, row, startServer, stopServers, VALUE, type Server } from "./lib/httpLoad.ts"
+import { header, load, loadOptions, log, preload, row, startServer, stopServers, VALUE, withCpu, type Server } from "./lib/httpLoad.ts"
 
 const o = loadOptions(100)
 
@@ -19,9 +20,9 @@ const measure = async (name: string, server: Server) => {
   log(`${name}: warming up`)
   await load([server.url], "GET", { ...o, seconds: 2 })
   log(`${name}: GET for ${o.seconds} s`)
-  const get = await load([server.url], "GET", o)
+  const get = await withCpu([server], () => load([server.url], "GET", o))
   log(`${name}: PUT for ${o.seconds} s`)
-  const put = await load([server.url], "PUT", o)
+  const put = await withCpu([server], () => load([server.url], "PUT", o))
   await stopServers([server])
   return { get, put }
 }
@@ -39,7 +40,7 @@ console.log(row("tally GET", tally.get))
 console.log(row("bare PUT", bare.put))
 console.log(row("tally PUT (batch)", tally.put))
 const ratios = { get: tally.get.rps / bare.get.rps, put: tally.put.rps / bare.put.rps }
-console.log(`ratios: GET ${ratios.get.toFixed(2)} (target >= 0.7), PUT ${ratios.put.toFixed(2)} (target >= 0.5)`)
+console.log(`ratios: GET ${ratios.get.toFixed(2)} (target >= 0.7), PUT ${ratios.put.toFixed(2)} (target >= 0.5); server CPU per request: GET ${tally.get.serverCpuUs} us (target <= 20; bare ${bare.get.serverCpuUs}), PUT ${tally.put.serverCpuUs} us (bare ${bare.put.serverCpuUs})`)
 console.log(JSON.stringify({
   bench: "http",
   connections: o.connections,

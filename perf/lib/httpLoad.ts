@@ -4,6 +4,7 @@
  * keys, 1 KiB values) from this process, one instance per target URL.
  */
 import { spawn, type ChildProcess } from "node:child_process"
+import * as fs from "node:fs"
 import * as http from "node:http"
 import * as path from "node:path"
 import { monitorEventLoopDelay } from "node:perf_hooks"
@@ -53,7 +54,47 @@ export const stopServers = (servers: ReadonlyArray<Server>) =>
   })))
 
 /** One case's figures (latencies in ms); a paced case also gives this process's own event-loop delay. */
-export interface Case { readonly rps: number; readonly p50: number; readonly p99: number; readonly p999: number; readonly errors: number; readonly clientLoopP99?: number; readonly clientLoopMax?: number }
+export interface Case {
+  readonly rps: number
+  readonly p50: number
+  readonly p99: number
+  readonly p999: number
+  readonly errors: number
+  /** Requests answered in the case. */
+  readonly count?: number
+  readonly clientLoopP99?: number
+  readonly clientLoopMax?: number
+  /** CPU (user + system) per answered request, microseconds: of the server processes together, and of this process. */
+  readonly serverCpuUs?: number
+  readonly clientCpuUs?: number
+}
+
+/** CPU seconds (user + system) process `pid` has used, from /proc/<pid>/stat (clock ticks of 10 ms); undefined where there is no /proc. */
+export const cpuSeconds = (pid: number): number | undefined => {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are the 12th and 13th.
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return (Number(f[11]) + Number(f[12])) / 100
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Runs a case and adds the CPU per answered request of `servers` (together) and of this
+ * process: issue 12's "CPU per request", from /proc, so that a figure does not depend on how
+ * busy the machine is the way req/s does.
+ */
+export const withCpu = async (servers: ReadonlyArray<Server>, run: () => Promise<Case>): Promise<Case> => {
+  const sum = () => servers.reduce((n, s) => n + (cpuSeconds(s.child.pid!) ?? Number.NaN), 0)
+  const before = sum()
+  const mine = process.cpuUsage()
+  const c = await run()
+  const used = process.cpuUsage(mine)
+  const n = Math.max(1, c.count ?? 0)
+  return { ...c, serverCpuUs: Math.round(((sum() - before) * 1e6) / n * 10) / 10, clientCpuUs: Math.round(((used.user + used.system) / n) * 10) / 10 }
+}
 
 let counter = 0
 
@@ -80,7 +121,8 @@ export const load = async (urls: ReadonlyArray<string>, method: "GET" | "PUT", o
     p50: Math.max(...results.map((r) => r.latency.p50)),
     p99: Math.max(...results.map((r) => r.latency.p99)),
     p999: Math.max(...results.map((r) => r.latency.p99_9)),
-    errors: results.reduce((n, r) => n + r.errors + r.timeouts + r.non2xx, 0)
+    errors: results.reduce((n, r) => n + r.errors + r.timeouts + r.non2xx, 0),
+    count: results.reduce((n, r) => n + r.requests.total, 0)
   }
 }
 
@@ -156,7 +198,7 @@ export const paced = async (urls: ReadonlyArray<string>, method: "GET" | "PUT", 
   const sorted = Float64Array.from(latencies).sort()
   const q = (x: number) => Math.round((sorted[Math.min(sorted.length - 1, Math.floor(x * sorted.length))] ?? Number.NaN) * 10) / 10
   return {
-    rps: latencies.length / o.seconds, p50: q(0.5), p99: q(0.99), p999: q(0.999), errors: errors + inflight,
+    rps: latencies.length / o.seconds, p50: q(0.5), p99: q(0.99), p999: q(0.999), errors: errors + inflight, count: latencies.length,
     clientLoopP99: Math.round(loop.percentile(99) / 1e5) / 10, clientLoopMax: Math.round(loop.max / 1e5) / 10
   }
 }
@@ -174,6 +216,7 @@ export const preload = async (url: string, keys: number) => {
 
 /** A table row: name, req/s, p50, p99, p99.9, errors. */
 export const row = (name: string, c: Case) =>
-  `${name.padEnd(26)} ${c.rps.toFixed(0).padStart(8)} ${String(c.p50).padStart(7)} ${String(c.p99).padStart(7)} ${String(c.p999).padStart(8)} ${String(c.errors).padStart(7)}`
+  `${name.padEnd(26)} ${c.rps.toFixed(0).padStart(8)} ${String(c.p50).padStart(7)} ${String(c.p99).padStart(7)} ${String(c.p999).padStart(8)} ${String(c.errors).padStart(7)}` +
+  (c.serverCpuUs === undefined ? "" : ` ${String(c.serverCpuUs).padStart(10)} ${String(c.clientCpuUs).padStart(10)}`)
 
-export const header = `${"case".padEnd(26)} ${"req/s".padStart(8)} ${"p50 ms".padStart(7)} ${"p99 ms".padStart(7)} ${"p99.9 ms".padStart(8)} ${"errors".padStart(7)}`
+export const header = `${"case".padEnd(26)} ${"req/s".padStart(8)} ${"p50 ms".padStart(7)} ${"p99 ms".padStart(7)} ${"p99.9 ms".padStart(8)} ${"errors".padStart(7)} ${"server us".padStart(10)} ${"client us".padStart(10)}`

@@ -196,7 +196,7 @@ t.test("validation errors name the source and what is expected", async (t) => {
 t.test("config file errors: unknown keys, wrong types, bad shapes", async (t) => {
   const flags = { config: "t.json" }
   t.same(errorsOf({ flags, file: { prot: 1 } }), [
-    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, aaeWindow, tombstoneGrace, clusterSecretFile, adminTokenFile, clientTokenFile, tlsCert, tlsKey, maxRequestsInFlight, maxInboundConnections, maxHelloFrameBytes, maxFrameBytes, maxReadRepairs, compaction'
+    'unknown setting "prot" in t.json; known settings are id, host, port, clusterPort, data, seeds, n, r, w, partitions, fsync, maxValueBytes, logLevel, enableFaultInjection, transferConcurrency, transferBytesPerSecond, aaeIntervalMs, aaeWindow, tombstoneGrace, clusterSecretFile, adminTokenFile, clientTokenFile, corsOrigin, tlsCert, tlsKey, maxRequestsInFlight, maxInboundConnections, maxHelloFrameBytes, maxFrameBytes, maxReadRepairs, compaction'
   ])
   t.same(errorsOf({ flags, file: { port: "8080" } }), ['"port" in t.json must be an integer from 1 to 65535; got "8080" (a string)'])
   t.same(errorsOf({ flags, file: { w: 5 } }), ['"w" in t.json must be an integer from 1 to n (3); got 5'])
