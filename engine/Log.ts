@@ -196,6 +196,9 @@ const LOCK = "LOCK"
 export const keyBytes = (key: string): Buffer => {
   if (typeof key !== "string" || key.length === 0) throw new InvalidKey({ message: "key must be 1 to 1024 bytes of UTF-8; got an empty key" })
   if (key.length > MAX_KEY_BYTES) throw new InvalidKey({ message: `key must be at most ${MAX_KEY_BYTES} bytes of UTF-8` })
+  // A lone surrogate has no UTF-8 form: its bytes would read back as another key (U+FFFD),
+  // which after a restart would replace that key's record by LSN instead of merging with it.
+  if (!key.isWellFormed()) throw new InvalidKey({ message: "key must be valid UTF-8; got a string with a lone surrogate" })
   const b = Buffer.from(key, "utf8")
   if (b.length > MAX_KEY_BYTES) throw new InvalidKey({ message: `key must be at most ${MAX_KEY_BYTES} bytes of UTF-8; got ${b.length}` })
   return b

@@ -224,8 +224,10 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
     if (Option.isSome(r) && r.value.repaired > 0) {
       yield* Effect.logInfo(`anti-entropy: partition ${p} with ${peer}${fallback ? " (parked writes pushed)" : ""}: ${r.value.differing} keys differed, ${r.value.repaired} repaired`)
     }
-    // More to repair with this peer: go again as soon as the repair rate allows.
-    if (Option.isSome(r) && !r.value.clean) {
+    // More to repair with this peer: go again as soon as the repair rate allows. Not for a
+    // fallback's push: a primary holding newer versions differs from parked copies for good,
+    // and repeating the push would starve every tree exchange while the owner stays down.
+    if (Option.isSome(r) && !r.value.clean && !fallback) {
       cursor--
       return Math.ceil((r.value.repaired * 1000) / Math.max(1, config.repairsPerSecond))
     }

@@ -111,6 +111,36 @@ class TokenSet {
   }
 }
 
+const STRICTNESS: Record<RouteClass, number> = { open: 0, kv: 1, admin: 2 }
+
+/**
+ * The class of what a request will reach: the strictest of the route Fastify matched and the
+ * percent-decoded path. The raw URL alone is not enough: the router decodes `/%61dmin/leave`
+ * to `/admin/leave` and runs that route, which a check of the raw text classed as open.
+ */
+const classOf = (req: FastifyRequest): RouteClass => {
+  let decoded = req.url
+  try {
+    decoded = decodeURIComponent(req.url.split("?")[0] ?? "")
+  } catch {
+    // Malformed escapes: the router refuses the request (400) before any route runs.
+  }
+  const classes = [routeClass(req.url), routeClass(decoded), routeClass(req.routeOptions.url ?? req.url)]
+  return classes.reduce((a, b) => (STRICTNESS[b] > STRICTNESS[a] ? b : a))
+}
+
+/** Whether a request's Host names the node by an IP address or a loopback name, not a DNS name a page could rebind to 127.0.0.1. */
+const hostIsAddress = (req: FastifyRequest): boolean => {
+  const host = req.headers.host
+  if (host === undefined) return true
+  try {
+    const h = new URL(`http://${host}`).hostname
+    return isLoopbackName(h) || /^\d{1,3}(\.\d{1,3}){3}$/.test(h) || h.startsWith("[")
+  } catch {
+    return false
+  }
+}
+
 /** Whether a host name (from a URL) names this machine's loopback: `localhost`, 127.0.0.0/8, `[::1]`. */
 const isLoopbackName = (hostname: string): boolean =>
   hostname === "localhost" || hostname.endsWith(".localhost") || hostname === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname)
@@ -162,14 +192,14 @@ export const registerAuth = (app: FastifyInstance, config: AuthConfig, log: Fast
     return reply.code(e.status).header("www-authenticate", 'Bearer realm="tally"').type("application/json").send(e.toBody())
   }
   app.addHook("onRequest", (req, reply, done) => {
-    const cls = routeClass(req.url)
+    const cls = classOf(req)
     if (cls === "open") return done()
     const tokens = cls === "admin" ? admin : client
     if (tokens === undefined) {
       if (cls === "kv") return done()
       if (isLoopbackAddress(req.socket.remoteAddress)) {
-        if (!fromForeignPage(req)) return done()
-        return refuse(reply, "admin routes refuse requests from browser pages of other origins when the node has no --admin-token-file: a web page must not drive the node through its visitor's loopback; use tally admin or curl, or start the node with --admin-token-file")
+        if (!fromForeignPage(req) && hostIsAddress(req)) return done()
+        return refuse(reply, "admin routes refuse requests from browser pages of other origins, and requests whose Host is a DNS name other than localhost (DNS rebinding), when the node has no --admin-token-file: a web page must not drive the node through its visitor's loopback; use tally admin or curl with the node's address, or start the node with --admin-token-file")
       }
       return refuse(reply, "admin routes answer loopback clients only: this node has no --admin-token-file; ask from the node's own host, or start it with one and send Authorization: Bearer <token>")
     }

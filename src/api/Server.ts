@@ -259,7 +259,11 @@ export const buildServer = (deps: ApiDeps): FastifyInstance => {
     if (live.length === 0) return sendError(reply, apiError("not_found", `key ${JSON.stringify(key)} was deleted`))
     if (live.length === 1) {
       const s = live[0]!
-      return reply.code(200).header("content-type", s.contentType).header("last-modified", new Date(s.lastModified).toUTCString()).send(Buffer.from(s.value.buffer, s.value.byteOffset, s.value.length))
+      // A stored value is served with the type its writer gave, text/html included: sandboxed
+      // and not sniffed, so a page stored here runs in an opaque origin and cannot use this
+      // node's own origin (and the loopback trust of /admin/*) in a visitor's browser.
+      return reply.code(200).header("content-type", s.contentType).header("content-security-policy", "sandbox").header("x-content-type-options", "nosniff")
+        .header("last-modified", new Date(s.lastModified).toUTCString()).send(Buffer.from(s.value.buffer, s.value.byteOffset, s.value.length))
     }
     return reply.code(300).type("application/json").send({
       context,

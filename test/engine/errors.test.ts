@@ -23,6 +23,11 @@ t.test("bad keys and values get typed errors and leave the store usable", async 
   t.type(await failure(put(log, "", "v")), InvalidKey, "empty key")
   t.type(await failure(put(log, "k".repeat(1025), "v")), InvalidKey, "1025-byte key")
   t.type(await failure(put(log, "é".repeat(513), "v")), InvalidKey, "513 two-byte characters are 1026 bytes")
+  // A lone surrogate's UTF-8 bytes would read back as "a\uFFFD", another key, which a restart
+  // would then overwrite by LSN (a peer's message can carry such a string; HTTP paths cannot).
+  await put(log, "a\uFFFD", "legit")
+  t.type(await failure(put(log, "a\uD800", "v")), InvalidKey, "a key with a lone surrogate")
+  t.equal(valueOf(log, "a\uFFFD"), "legit", "and the key its bytes would have named is untouched")
   await put(log, "k".repeat(1024), "v")
   t.equal(valueOf(log, "k".repeat(1024)), "v", "a 1024-byte key is fine")
   const big = (await failure(put(log, "k", Buffer.alloc(101)))) as ValueTooLarge

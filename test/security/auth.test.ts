@@ -68,6 +68,39 @@ t.test("without an admin token, a browser page of another origin cannot use the 
   t.equal((await node.app.inject({ method: "PUT", url: "/kv/a", payload: "x", headers: { host, origin: "https://evil.example" }, remoteAddress: "127.0.0.1" })).statusCode, 204, "/kv is not affected (CORS governs what a page may read)")
 })
 
+t.test("a percent-encoded path is classed by what it reaches: /%61dmin/... is an admin route", async (t) => {
+  const open = await testNode()
+  t.teardown(() => open.close())
+  for (const url of ["/%61dmin/compact", "/%61%64min/compact", "/admin%2Fcompact"]) {
+    const r = await open.app.inject({ method: "POST", url, remoteAddress: REMOTE })
+    t.not(r.statusCode, 202, `${url} from a remote client does not compact (${r.statusCode})`)
+  }
+  t.equal((await open.app.inject({ method: "POST", url: "/%61dmin/compact", remoteAddress: REMOTE })).statusCode, 401, "refused as an admin route")
+  t.equal((await open.app.inject({ method: "POST", url: "/%61dmin/compact", headers: { origin: "https://evil.example" }, remoteAddress: "127.0.0.1" })).statusCode, 401, "and from a foreign page on loopback")
+  const tokened = await testNode({ adminTokenFile: file("admin-enc", `${ADMIN}\n`), clientTokenFile: file("client-enc", `${CLIENT}\n`) })
+  t.teardown(() => tokened.close())
+  t.equal((await tokened.app.inject({ method: "POST", url: "/%61dmin/compact", remoteAddress: "127.0.0.1" })).statusCode, 401, "with --admin-token-file the token is needed however the path is spelled")
+  t.equal((await tokened.app.inject({ method: "PUT", url: "/%6Bv/a", payload: "x", remoteAddress: REMOTE })).statusCode, 401, "and /%6Bv/... needs the client token")
+})
+
+t.test("without an admin token, a Host that is a DNS name (DNS rebinding) is refused on loopback; addresses and localhost are not", async (t) => {
+  const node = await testNode()
+  t.teardown(() => node.close())
+  const get = (host: string) => node.app.inject({ method: "GET", url: "/admin/cluster", headers: { host }, remoteAddress: "127.0.0.1" })
+  t.equal((await get("evil.example:8081")).statusCode, 401, "a rebound name: its page would read admin answers as same-origin GETs (no Origin header)")
+  for (const host of ["127.0.0.1:8081", "localhost:8081", "[::1]:8081", "10.1.2.3:8081"]) t.equal((await get(host)).statusCode, 200, `${host} is fine`)
+})
+
+t.test("a stored value is served sandboxed and not sniffed, so a stored page cannot act as the node's origin", async (t) => {
+  const node = await testNode()
+  t.teardown(() => node.close())
+  await node.app.inject({ method: "PUT", url: "/kv/page", payload: "<script>fetch('/admin/leave',{method:'POST'})</script>", headers: { "content-type": "text/html" } })
+  const r = await node.app.inject({ method: "GET", url: "/kv/page" })
+  t.equal(r.headers["content-type"], "text/html", "the writer's type is kept")
+  t.equal(r.headers["content-security-policy"], "sandbox")
+  t.equal(r.headers["x-content-type-options"], "nosniff")
+})
+
 t.test("--admin-token-file: /admin/* needs the token, from anywhere", async (t) => {
   const node = await testNode({ adminTokenFile: file("admin", `# rotation: both lines are accepted\n${ADMIN}\n${ADMIN}-next\n`) })
   t.teardown(() => node.close())
