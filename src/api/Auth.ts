@@ -119,14 +119,19 @@ const STRICTNESS: Record<RouteClass, number> = { open: 0, kv: 1, admin: 2 }
  * to `/admin/leave` and runs that route, which a check of the raw text classed as open.
  */
 const classOf = (req: FastifyRequest): RouteClass => {
-  let decoded = req.url
-  try {
-    decoded = decodeURIComponent(req.url.split("?")[0] ?? "")
-  } catch {
-    // Malformed escapes: the router refuses the request (400) before any route runs.
+  const raw = routeClass(req.url)
+  const matched = req.routeOptions.url === undefined ? raw : routeClass(req.routeOptions.url)
+  let cls = STRICTNESS[matched] > STRICTNESS[raw] ? matched : raw
+  // Every request passes here: decode only a path that has escapes in it.
+  if (req.url.includes("%")) {
+    try {
+      const decoded = routeClass(decodeURIComponent(req.url.split("?")[0] ?? ""))
+      if (STRICTNESS[decoded] > STRICTNESS[cls]) cls = decoded
+    } catch {
+      // Malformed escapes: the router refuses the request (400) before any route runs.
+    }
   }
-  const classes = [routeClass(req.url), routeClass(decoded), routeClass(req.routeOptions.url ?? req.url)]
-  return classes.reduce((a, b) => (STRICTNESS[b] > STRICTNESS[a] ? b : a))
+  return cls
 }
 
 /** Whether a request's Host names the node by an IP address or a loopback name, not a DNS name a page could rebind to 127.0.0.1. */
