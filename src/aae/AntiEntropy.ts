@@ -268,7 +268,8 @@ export const make = Effect.fnUntraced(function*(config: AaeConfig) {
         const s = fallbackStats.get(partition)
         return {
           partition,
-          parked: parkedHere.has(partition) ? handoff.parkedHashes(partition).length : 0,
+          // Counted, not listed: /metrics reads this on every scrape.
+          parked: handoff.parkedCount(partition),
           peers: primariesOf(partition).filter((id) => membership.status(id) === "up"),
           lastExchange: s?.lastExchange, lastPeer: s?.lastPeer, exchanges: s?.exchanges ?? 0,
           keysCompared: s?.keysCompared ?? 0, keysRepaired: s?.keysRepaired ?? 0, bytes: s?.bytes ?? 0

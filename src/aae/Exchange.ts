@@ -53,7 +53,8 @@ const MAX_SYNC = 10_000
 /** A request names at most every child of every branch. */
 const MAX_LEAVES = BRANCHES * 1024
 
-const isPartition = (p: unknown): p is number => Number.isInteger(p) && (p as number) >= 0 && (p as number) <= 0xffff
+/** A partition number as messages carry it (at most 2^16 partitions). */
+export const isPartition = (p: unknown): p is number => Number.isInteger(p) && (p as number) >= 0 && (p as number) <= 0xffff
 const isU32s = (b: unknown, max: number): b is Uint8Array => b instanceof Uint8Array && b.length % 4 === 0 && b.length / 4 <= max
 
 /** A child request packed as `branch << 14 | bits << 10 | child`. */
@@ -101,12 +102,13 @@ export interface ExchangeResult {
 }
 
 /** A little-endian u32 view of (a copy of) bytes: msgpack may hand out unaligned views. */
-function u32(b: Uint8Array): Uint32Array {
+export function u32(b: Uint8Array): Uint32Array {
   const copy = new Uint8Array(b.length - (b.length % 4))
   copy.set(b.subarray(0, copy.length))
   return new Uint32Array(copy.buffer)
 }
-const bytesOf = (a: Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
+/** The bytes of a u32 array, for a message. */
+export const bytesOf = (a: Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
 
 /** Reads a key's record, or undefined. */
 const local = (engine: Engine["Service"], key: string) =>

@@ -28,7 +28,7 @@ import { Effect } from "effect"
 import type { Replica } from "../replica/Replica.ts"
 import type { Engine } from "../../engine/Engine.ts"
 import { decodeObject, encodeObject, type StoredObject } from "../versions/Sibling.ts"
-import type { ExchangeResult } from "./Exchange.ts"
+import { bytesOf, type ExchangeResult, isPartition, u32 } from "./Exchange.ts"
 import type { ApiError } from "../Errors.ts"
 
 /** Most key hashes compared by one exchange. */
@@ -46,8 +46,6 @@ export type HintMessage =
   | { readonly t: "aae-hint-keys"; readonly partition: number; readonly pairs: Uint8Array }
   | { readonly t: "aae-hint-push"; readonly partition: number; readonly records: ReadonlyArray<{ readonly key: string; readonly object: Uint8Array }> }
 
-const isPartition = (p: unknown): p is number => Number.isInteger(p) && (p as number) >= 0 && (p as number) <= 0xffff
-
 /** Whether an untrusted payload is a fallback push message. */
 export const isHintMessage = (m: unknown): m is HintMessage => {
   const x = m as Record<string, unknown> | null
@@ -62,14 +60,6 @@ export const isHintMessage = (m: unknown): m is HintMessage => {
       return false
   }
 }
-
-/** A little-endian u32 view of (a copy of) bytes: msgpack may hand out unaligned views. */
-const u32 = (b: Uint8Array): Uint32Array => {
-  const copy = new Uint8Array(b.length - (b.length % 4))
-  copy.set(b.subarray(0, copy.length))
-  return new Uint32Array(copy.buffer)
-}
-const bytesOf = (a: Uint32Array): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength)
 
 /** What the primary's side needs. */
 export interface HintAnswerDeps {

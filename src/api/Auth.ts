@@ -148,7 +148,7 @@ const hostIsAddress = (req: FastifyRequest): boolean => {
 
 /** Whether a host name (from a URL) names this machine's loopback: `localhost`, 127.0.0.0/8, `[::1]`. */
 const isLoopbackName = (hostname: string): boolean =>
-  hostname === "localhost" || hostname.endsWith(".localhost") || hostname === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname)
+  hostname === "localhost" || hostname.endsWith(".localhost") || isLoopbackAddress(hostname.replace(/^\[(.*)\]$/, "$1"))
 
 /**
  * Whether a browser sent the request for a page of another origin. Without an admin token,

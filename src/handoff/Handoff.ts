@@ -74,6 +74,8 @@ export class Handoff extends Context.Service<Handoff, {
    * (aae/HintExchange.ts). From the parked logs' indexes, no disk read.
    */
   readonly parkedHashes: (partition: number) => ReadonlyArray<{ readonly key: string; readonly h: number; readonly hash: number }>
+  /** How many (key, owner) entries of `partition` are parked here (`parkedHashes(partition).length`, without listing them). */
+  readonly parkedCount: (partition: number) => number
   /** Ships everything parked for `owner` now (the shipping loop also does, when it is up). */
   readonly drain: (owner: string, ship: Ship) => Effect.Effect<number, unknown>
 }>()("tally/handoff/Handoff") {
@@ -222,6 +224,11 @@ export const make = Effect.fnUntraced(function*(config: HandoffConfig) {
       return false
     },
     parkedHashes: (partition) => [...parked.values()].flatMap((p) => p.log.index.hashesOf(partition)),
+    parkedCount: (partition) => {
+      let n = 0
+      for (const p of parked.values()) n += p.log.index.countOf(partition)
+      return n
+    },
     drain
   })
 })
