@@ -665,7 +665,17 @@ export class Log {
       this.stats.corruptions++
       throw new CorruptRecord({ segment: seg.id, offset: loc.offset, message: `record of key ${JSON.stringify(key)} in segment ${seg.id} at ${loc.offset} is damaged or not the indexed one; the value is not returned` })
     }
-    const entry: Entry = { key, type: r.type, lsn: r.lsn, timestamp: r.timestamp, partition: loc.partition, meta: r.meta, value: r.value }
+    if (!this.cache.admits(key, loc.lsn, loc.size)) {
+      return { key, type: r.type, lsn: r.lsn, timestamp: r.timestamp, partition: loc.partition, meta: r.meta, value: r.value }
+    }
+    // A kept record gets bytes of its own: `buf` shares an 8 KiB slab of Node's pool with
+    // other reads, which the cache's byte bound would not count.
+    const own = Buffer.allocUnsafeSlow(loc.size)
+    own.set(buf!)
+    const at = (part: Uint8Array) => own.subarray(part.byteOffset - buf!.byteOffset, part.byteOffset - buf!.byteOffset + part.length)
+    const meta = at(r.meta)
+    const value = at(r.value)
+    const entry: Entry = { key, type: r.type, lsn: r.lsn, timestamp: r.timestamp, partition: loc.partition, meta, value }
     this.cache.put(key, loc.lsn, entry, loc.size)
     return entry
   }
@@ -678,9 +688,9 @@ export class Log {
 
   /** Reads the raw bytes of a record and checks them under its segment's salt; undefined if damaged. */
   readRaw(seg: Segment, offset: number, size: number): Buffer | undefined {
-    // Not from Node's shared pool: a cached record (RecordCache.ts) must not keep a whole
-    // 8 KiB pool slab alive, or the cache's byte bound would undercount by up to 8x.
-    const buf = Buffer.allocUnsafeSlow(size)
+    // From Node's pool: a fresh allocation per read costs more than the pread itself (new
+    // memory is faulted in by the kernel's copy). `read` copies what the cache keeps.
+    const buf = Buffer.allocUnsafe(size)
     const n = this.files.read(seg.fd, buf, 0, size, offset)
     return n === size && probe(buf, 0, size, seg.salt)._tag === "ok" ? buf : undefined
   }
