@@ -32,8 +32,14 @@ export const BRANCHES = 1 << BRANCH_BITS
  * Independent of the ring's partition hash (MD5), so a partition's keys spread over all
  * branches.
  */
-export const keyHash = (key: string): number => {
-  let h = 0x811c9dc5
+export const keyHash = (key: string): number => seededKeyHash(key, 0)
+
+/**
+ * `keyHash` from FNV's basis xor `seed`: the index's table probes with it under a secret seed
+ * (KeyIndex.ts), so that clients cannot choose keys that collide there.
+ */
+export const seededKeyHash = (key: string, seed: number): number => {
+  let h = (0x811c9dc5 ^ seed) >>> 0
   for (let i = 0; i < key.length; i++) {
     h ^= key.charCodeAt(i)
     h = Math.imul(h, 0x01000193)
